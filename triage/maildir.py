@@ -1,0 +1,151 @@
+"""The local mailbox: a Maildir++ tree, the embedded default when no IMAP host is set.
+
+INBOX is the root's ``new/`` and ``cur/``; other folders are ``.Drafts``, ``.Sent``, ``.Outbox``
+beside them, as Dovecot, mutt and offlineimap lay them out. Reading never changes a message: a
+file is only ever renamed (flags in its name) or moved, never rewritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mailbox
+import os
+import time
+from collections.abc import Iterable, Iterator
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from pathlib import Path
+
+from triage.errors import MailboxError
+from triage.mailbox import SOURCE_HEADER, Incoming
+
+log = logging.getLogger(__name__)
+
+INBOX = "INBOX"
+DRAFTS = "Drafts"
+SENT = "Sent"
+OUTBOX = "Outbox"
+# A Maildir has no UIDVALIDITY; its keys never change, so one constant value stands for it.
+MAILDIR_UIDVALIDITY = 1
+# How often wait() looks at new/ for mail delivered by another program.
+_WAIT_STEP_SECONDS = 0.25
+
+
+def _key_order(key: str) -> tuple[int, str]:
+    """Delivery order: Maildir keys start with the delivery time in seconds."""
+    head = key.split(".", 1)[0]
+    return (int(head) if head.isdigit() else 0, key)
+
+
+class LocalMailbox:
+    """A Maildir++ tree on disk, behind the same interface as the IMAP mailbox."""
+
+    def __init__(self, root: Path, *, folder: str = INBOX) -> None:
+        self.root = Path(root)
+        self.folder = folder
+        try:
+            self._root = mailbox.Maildir(self.root, factory=None, create=True)
+            self._watched = self._folder(folder)
+        except OSError as exc:
+            raise MailboxError(
+                f"maildir {self.root}: cannot open ({exc.strerror}); check TRIAGE_MAILDIR"
+            ) from exc
+
+    @property
+    def description(self) -> str:
+        return f"maildir {self.root}/"
+
+    def _folder(self, name: str) -> mailbox.Maildir:
+        if name.upper() == INBOX:
+            return self._root
+        try:
+            return self._root.get_folder(name)
+        except mailbox.NoSuchMailboxError:
+            return self._root.add_folder(name)
+
+    def folder_path(self, name: str) -> Path:
+        """The directory of a folder: the root for INBOX, ``.Name`` beside it otherwise."""
+        return self.root if name.upper() == INBOX else self.root / f".{name}"
+
+    def keys(self) -> tuple[int, list[str]]:
+        return MAILDIR_UIDVALIDITY, sorted(self._watched.keys(), key=_key_order)
+
+    def fetch(self, uids: Iterable[str]) -> Iterator[Incoming]:
+        for uid in uids:
+            try:
+                raw = self._watched.get_bytes(uid)
+            except KeyError:  # removed by someone else since keys(): nothing to handle
+                log.warning("maildir key %s vanished before it was read", uid)
+                continue
+            yield Incoming(self.folder, MAILDIR_UIDVALIDITY, uid, raw)
+
+    def add(self, raw: bytes, *, folder: str = INBOX, flags: str = "") -> str:
+        """Deliver raw bytes into a folder unchanged (``new/``, or ``cur/`` with flags)."""
+        message = mailbox.MaildirMessage(raw)
+        if flags:
+            message.set_subdir("cur")
+            message.set_flags(flags)
+        return str(self._folder(folder).add(message))
+
+    def wait(self, timeout: float) -> None:
+        new_dir = self.folder_path(self.folder) / "new"
+        before = new_dir.stat().st_mtime_ns if new_dir.exists() else 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(min(_WAIT_STEP_SECONDS, max(0.0, deadline - time.monotonic())))
+            if new_dir.exists() and new_dir.stat().st_mtime_ns != before:
+                return
+
+    def save_draft(self, message: EmailMessage) -> str:
+        key = self.add(message.as_bytes(), folder=DRAFTS, flags="DS")
+        return f"{self.folder_path(DRAFTS)}/cur/{key}:2,DS"
+
+    def find_draft(self, source_message_id: str) -> bool:
+        return self._holds(DRAFTS, source_message_id)
+
+    def _holds(self, folder: str, source_message_id: str) -> bool:
+        parser = BytesHeaderParser()
+        directory = self.folder_path(folder)
+        for sub in ("cur", "new"):
+            path = directory / sub
+            if not path.is_dir():
+                continue
+            for entry in os.scandir(path):
+                with open(entry.path, "rb") as fh:
+                    headers = parser.parse(fh)
+                if headers.get(SOURCE_HEADER, "").strip() == source_message_id:
+                    return True
+        return False
+
+    def _path_of(self, incoming: Incoming) -> Path:
+        directory = self.folder_path(incoming.folder)
+        for sub in ("new", "cur"):
+            for entry in os.scandir(directory / sub):
+                if entry.name == incoming.uid or entry.name.startswith(incoming.uid + ":"):
+                    return Path(entry.path)
+        raise MailboxError(f"maildir {directory}: no message {incoming.uid}; was it moved?")
+
+    def mark(self, incoming: Incoming, keywords: Iterable[str], *, flagged: bool = False) -> None:
+        # Maildir has no keywords of its own; the journal records them. \Flagged is the "F" flag,
+        # set by renaming into cur/ (the content is not touched).
+        if not flagged:
+            return
+        path = self._path_of(incoming)
+        info = path.name.split(":2,", 1)[1] if ":2," in path.name else ""
+        flags = "".join(sorted(set(info) | {"F"}))
+        target = path.parent.parent / "cur" / f"{incoming.uid}:2,{flags}"
+        os.rename(path, target)
+
+    def move(self, incoming: Incoming, folder: str) -> None:
+        path = self._path_of(incoming)
+        self._folder(folder)  # create it when missing
+        target = self.folder_path(folder) / path.parent.name / path.name
+        os.rename(path, target)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._root.close()
+
+
+__all__ = ["DRAFTS", "INBOX", "MAILDIR_UIDVALIDITY", "OUTBOX", "SENT", "LocalMailbox"]

@@ -1,0 +1,193 @@
+"""Parsed query: Incoming raw bytes -> Query(sender, subject, new text, threading ids, automatic).
+
+Parsing uses the stdlib's compat32 policy and decodes the parts itself: it is about twenty times
+faster than ``policy.default`` with ``get_body()`` on the same mail (shared/MEASURED.md), and it
+never raises on broken mail; what it cannot read becomes ``Query.problem``.
+"""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.utils
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+
+from triage.newtext import html_to_text, new_text
+
+# RFC 3834 section 5 and RFC 5230: Auto-Submitted other than "no" marks automatic mail.
+# Precedence values of bulk mail and auto-responders (de-facto, RFC 2076 / RFC 3834 s. 3.1.8).
+_BULK_PRECEDENCE = frozenset({"bulk", "list", "junk", "auto_reply"})
+# Headers that only automatic senders set (Exchange, procmail, vacation programs, list servers).
+_AUTOMATIC_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress", "X-Loop")
+# Sender local parts of machines (RFC 3834 s. 2: never reply to them).
+_MACHINE_SENDER = re.compile(
+    r"^(mailer-daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|"
+    r"notifications?|auto[-_.]?reply|daemon)([-+_.].*)?$",
+    re.IGNORECASE,
+)
+# Subjects of auto-responders that set no header at all (Outlook, Gmail vacation, Exchange NDRs).
+_AUTOMATIC_SUBJECT = re.compile(
+    r"^\s*(automatic reply|auto[- ]?reply|out of (the )?office|ooo\b|autoresponse|"
+    r"auto:|abwesenheitsnotiz|r[ée]ponse automatique|undeliverable|undelivered mail|"
+    r"delivery status notification|mail delivery (failed|failure|system)|returned mail)",
+    re.IGNORECASE,
+)
+# Prefixes a reply or forward adds to a subject, in the languages support mail arrives in.
+_REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|antw|réf|ref)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+_FORWARD_PREFIX = re.compile(r"^\s*(fwd?|fw|tr|wg)\s*:", re.IGNORECASE)
+# Charsets mail claims but Python does not know, or that lie: decode as their usual superset.
+_CHARSET_ALIASES = {"iso-8859-1": "cp1252", "latin-1": "cp1252", "us-ascii": "cp1252", "ascii": "cp1252"}
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a person reads in one message, and what is needed to answer it."""
+
+    message_id: str
+    sender_name: str
+    sender_address: str
+    subject: str
+    text: str  # the new text only: no quoted thread, signature or disclaimer
+    body: str = ""  # the whole body as text, for quoting under a reply
+    date: str = ""
+    in_reply_to: str = ""
+    references: tuple[str, ...] = ()
+    reply_to: str = ""  # where a reply goes: Reply-To when present, else From
+    automatic: str | None = None  # why this is automatic mail, or None for a person's mail
+    problem: str | None = None  # why this could not be read as mail, or None
+    forwarded: bool = False
+    headers: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_reply(self) -> bool:
+        return bool(_REPLY_PREFIX.match(self.subject))
+
+    @property
+    def sender_domain(self) -> str:
+        return self.sender_address.rpartition("@")[2].lower()
+
+
+def decode_header(value: str | None) -> str:
+    """An RFC 2047 header as text on one line; undecodable words are kept as they came."""
+    if not value:
+        return ""
+    try:
+        text = str(email.header.make_header(email.header.decode_header(str(value))))
+    except (UnicodeError, LookupError, email.errors.HeaderParseError):
+        text = str(value)
+    return " ".join(text.split())
+
+
+def _decode_part(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    charset = (part.get_content_charset() or "utf-8").lower()
+    charset = _CHARSET_ALIASES.get(charset, charset)
+    try:
+        return payload.decode(charset)
+    except (LookupError, UnicodeDecodeError):
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return payload.decode("cp1252", errors="replace")
+
+
+def body_text(message: Message) -> str:
+    """The message's text as a person reads it: text/plain, else text/html turned into text."""
+    plain: str | None = None
+    html: str | None = None
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        if part.get_content_disposition() == "attachment":
+            continue
+        ctype = part.get_content_type()
+        if ctype == "text/plain" and plain is None:
+            plain = _decode_part(part)
+        elif ctype == "text/html" and html is None:
+            html = _decode_part(part)
+        elif ctype == "message/rfc822":
+            break  # an attached message is not the sender's own text
+    if plain is not None and plain.strip():
+        return plain.replace("\r\n", "\n")
+    if html is not None:
+        return html_to_text(html)
+    return plain or ""
+
+
+def _automatic(message: Message, sender: str, support_address: str, subject: str) -> str | None:
+    """Why a message is automatic mail (RFC 3834 s. 2 and 5, RFC 5230), or None."""
+    auto = (message.get("Auto-Submitted") or "").strip().lower()
+    if auto and not auto.startswith("no"):
+        return f"Auto-Submitted: {auto}"
+    precedence = (message.get("Precedence") or "").strip().lower()
+    if precedence in _BULK_PRECEDENCE:
+        return f"Precedence: {precedence}"
+    for name in message.keys():
+        if name.lower().startswith("list-"):
+            return f"mailing list ({name} header)"
+    for name in _AUTOMATIC_HEADERS:
+        if message.get(name) is not None:
+            return f"{name} header"
+    if message.get_content_type() == "multipart/report":
+        return "delivery or disposition report (multipart/report)"
+    return_path = message.get("Return-Path")
+    if return_path is not None and return_path.strip() in ("<>", ""):
+        return "empty return path (a bounce)"
+    local = sender.partition("@")[0]
+    if sender and _MACHINE_SENDER.match(local):
+        return f"sender {sender} is a machine"
+    if support_address and sender == support_address.lower():
+        return "sent by the support address itself"
+    if _AUTOMATIC_SUBJECT.match(subject):
+        return f"auto-reply subject {subject[:40]!r}"
+    return None
+
+
+def _ids(value: str | None) -> tuple[str, ...]:
+    return tuple(re.findall(r"<[^<>\s]+>", value or ""))
+
+
+def parse(raw: bytes, *, support_address: str = "") -> Query:
+    """Read raw message bytes as a person would; never raises on broken mail."""
+    message = email.message_from_bytes(raw)
+    if not message.keys() or (not message.get("From") and not message.get("Subject")):
+        return Query("", "", "", "", "", problem="not an email: no From or Subject header")
+    subject = decode_header(message.get("Subject"))
+    sender_name, sender_address = email.utils.parseaddr(decode_header(message.get("From")))
+    sender_address = sender_address.lower()
+    _, reply_address = email.utils.parseaddr(decode_header(message.get("Reply-To")))
+    forwarded = bool(_FORWARD_PREFIX.match(subject))
+    body = body_text(message)
+    try:
+        text = new_text(body, forwarded=forwarded)
+    except RecursionError:  # pathological nesting: keep what a person would see first
+        text = body[:2000]
+    headers = {k: decode_header(v) for k, v in message.items()}
+    return Query(
+        message_id=(message.get("Message-ID") or "").strip(),
+        sender_name=sender_name.strip(),
+        sender_address=sender_address,
+        subject=subject,
+        text=text,
+        body=body,
+        date=decode_header(message.get("Date")),
+        in_reply_to=(message.get("In-Reply-To") or "").strip(),
+        references=_ids(message.get("References")),
+        reply_to=(reply_address or sender_address).lower(),
+        automatic=_automatic(message, sender_address, support_address, subject),
+        forwarded=forwarded,
+        headers=headers,
+        problem=None if sender_address else "no sender address (From header missing or empty)",
+    )
+
+
+def from_text(text: str) -> Query:
+    """A query for a bare text (``triage classify --text``): no headers, the text as written."""
+    return Query("", "", "", "", new_text(text))
+
+
+__all__ = ["Query", "body_text", "decode_header", "from_text", "parse"]
