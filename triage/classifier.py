@@ -58,6 +58,22 @@ _VARIANTS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"\be-?mails?\b", "email"),
     )
 )
+# A sentence that asks or requests something (only such sentences add a topic to an email):
+# a question mark, or an opening that asks, requests or reports a problem.
+_ASKS = re.compile(
+    r"\?|^\W*(and |also,? |secondly,? |finally,? |separately,? |but )?"
+    r"(how|what|who|where|when|why|which|can|could|do|does|did|is|are|should|would|will|may|"
+    r"please|i need|we need|i'd like|we'd like|i would like|i am wondering|i'm wondering|"
+    r"wondering|not sure|i can't|we can't|i cannot|i'm unable|we're unable|i am unable|"
+    r"none of|i haven't|we haven't|they haven't|i won't|i will not|i'm not able|i am not able)\b",
+    re.IGNORECASE,
+)
+# A sentence this sure of a topic counts as asking it even without asking words.
+_SURE_SEGMENT = 0.9
+# When the whole email is unsure (two questions split its probability), asking sentences this
+# sure of the whole email's top topic let it be answered after all.
+_FALLBACK_SEGMENT = 0.8
+_FALLBACK_WHOLE = 0.3
 _SENTENCE_SPLIT = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9\"'(])|\n\s*\n|\n(?=\s*[-*\u2022\d]+[.)]?\s)")
 
 
@@ -66,6 +82,16 @@ def normalise(text: str) -> str:
     for pattern, replacement in _VARIANTS:
         text = pattern.sub(replacement, text)
     return " ".join(text.split())
+
+
+def prepare(text: str) -> str:
+    """The vectorisers' preprocessor (a module function, so the pipeline can be pickled)."""
+    return normalise(text).lower()
+
+
+def asks(sentence: str) -> bool:
+    """Whether a sentence asks or requests something (see ``_ASKS``)."""
+    return bool(_ASKS.search(sentence))
 
 
 def segments(text: str) -> list[str]:
@@ -99,7 +125,7 @@ def build_pipeline(*, c: float = 10.0) -> Pipeline:
             (
                 "words",
                 TfidfVectorizer(
-                    preprocessor=lambda t: normalise(t).lower(),
+                    preprocessor=prepare,
                     ngram_range=(1, 2),
                     sublinear_tf=True,
                     min_df=1,
@@ -109,7 +135,7 @@ def build_pipeline(*, c: float = 10.0) -> Pipeline:
             (
                 "chars",
                 TfidfVectorizer(
-                    preprocessor=lambda t: normalise(t).lower(),
+                    preprocessor=prepare,
                     analyzer="char_wb",
                     ngram_range=(3, 5),
                     sublinear_tf=True,
@@ -120,7 +146,7 @@ def build_pipeline(*, c: float = 10.0) -> Pipeline:
         ]
     )
     classifier = LogisticRegression(
-        C=c, max_iter=2000, class_weight="balanced", random_state=SEED
+        C=c, max_iter=2000, tol=1e-3, class_weight="balanced", random_state=SEED
     )
     return Pipeline([("features", features), ("clf", classifier)])
 
@@ -152,6 +178,7 @@ class Model:
         """Classify messages in one batch: the whole text and each of its sentences."""
         texts = [model_text(q) for q in queries]
         pieces: list[list[str]] = [segments(q.text) if len(q.text) > 80 else [] for q in queries]
+        asking = [[asks(s) for s in p] for p in pieces]
         flat = [*texts, *(s for p in pieces for s in p)]
         probs = self.probabilities(flat) if flat else np.zeros((0, len(self.labels)))
         labels = self.labels
@@ -161,31 +188,50 @@ class Model:
             whole = probs[i]
             parts = probs[offset : offset + len(pieces[i])]
             offset += len(pieces[i])
-            results.append(self._decide(labels, whole, parts, query if explain else None))
+            results.append(
+                self._decide(labels, whole, parts, asking[i], query if explain else None)
+            )
         return results
 
     def _decide(
-        self, labels: list[str], whole: np.ndarray, parts: np.ndarray, explain_for: Query | None
+        self,
+        labels: list[str],
+        whole: np.ndarray,
+        parts: np.ndarray,
+        asking: list[bool],
+        explain_for: Query | None,
     ) -> Classification:
         order = np.argsort(whole)[::-1]
         top, second = int(order[0]), int(order[1])
         label = labels[top]
         confidence = float(whole[top])
         margin = confidence - float(whole[second])
-        confident = (
-            label != OTHER and confidence >= self.threshold and margin >= self.margin
-        )
-        topics: list[str] = [label] if confident else []
-        if confident and len(parts):
-            # Another topic is asked when one of the sentences is clearly about it.
-            first_seen: dict[str, int] = {}
-            for position, row in enumerate(parts):
-                best = int(np.argmax(row))
-                name = labels[best]
-                if name in (OTHER, label) or row[best] < self.segment_threshold:
-                    continue
-                first_seen.setdefault(name, position)
-            topics.extend(sorted(first_seen, key=first_seen.__getitem__))
+        # Topics the sentences ask about, in the order written: a sentence counts when it
+        # asks something and is sure enough of one topic, or is very sure of it.
+        first_seen: dict[str, int] = {}
+        best_seen: dict[str, float] = {}
+        for position, row in enumerate(parts):
+            best = int(np.argmax(row))
+            name, value = labels[best], float(row[best])
+            if name == OTHER or value < self.segment_threshold:
+                continue
+            if not asking[position] and value < _SURE_SEGMENT:
+                continue
+            first_seen.setdefault(name, position)
+            best_seen[name] = max(best_seen.get(name, 0.0), value)
+        confident = label != OTHER and confidence >= self.threshold and margin >= self.margin
+        if (
+            not confident
+            and label != OTHER
+            and confidence >= _FALLBACK_WHOLE
+            and best_seen.get(label, 0.0) >= _FALLBACK_SEGMENT
+            and sum(1 for v in best_seen.values() if v >= _FALLBACK_SEGMENT) >= 2
+        ):
+            confident = True  # two questions split the whole; its sentences are clear
+        topics: list[str] = []
+        if confident:
+            topics = [label]
+            topics.extend(t for t in sorted(first_seen, key=first_seen.__getitem__) if t != label)
         terms = self.explain(model_text(explain_for), label) if explain_for is not None else ()
         return Classification(
             scores={labels[j]: float(whole[j]) for j in range(len(labels))},
@@ -278,10 +324,12 @@ def load(path: Path) -> Model:
 __all__ = [
     "Classification",
     "Model",
+    "asks",
     "build_pipeline",
     "load",
     "model_text",
     "normalise",
+    "prepare",
     "save",
     "segments",
 ]

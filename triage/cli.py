@@ -300,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if (args.verbose or args.command == "run") else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # imapclient logs the start of every APPENDed message at DEBUG: bodies never reach our logs.
+    logging.getLogger("imapclient").setLevel(max(level, logging.INFO))
     try:
         settings = load_settings()
         return int(args.func(args, settings))

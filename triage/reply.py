@@ -137,14 +137,14 @@ class Composer:
         self._text = SandboxedEnvironment(autoescape=False, **common)
         self._html = SandboxedEnvironment(autoescape=True, **common)
         self._html.filters["as_html"] = _as_html
-        self.links = self._toml(directory / "links.toml")
-        self.headings = self._toml(directory / "headings.toml")
         missing = [t for t in TOPICS if not (directory / f"{t}.txt.j2").is_file()]
         if missing:
             raise TemplateError(
                 f"{directory}: no reply template for {', '.join(missing)}; "
                 "add replies/<topic>.txt.j2"
             )
+        self.links = self._toml(directory / "links.toml")
+        self.headings = self._toml(directory / "headings.toml")
 
     @staticmethod
     def _toml(path: Path) -> dict[str, Any]:

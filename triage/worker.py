@@ -198,7 +198,7 @@ class Worker:
                     log.info("handled %d new messages", len(summary.outcomes))
                 delay = BACKOFF_START_SECONDS
                 if not stop.is_set():
-                    self.mailbox.wait(self.settings.poll_seconds)
+                    self.mailbox.wait(self.settings.idle_seconds)
             except MailboxError as exc:
                 pause = min(BACKOFF_CAP_SECONDS, delay) * random.uniform(0.5, 1.0)
                 log.warning("mailbox error: %s; reconnecting in %.1f s", exc, pause)
