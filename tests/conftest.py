@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from imapserver import LocalImapServer, new_user
@@ -25,3 +26,33 @@ def imap_server() -> Iterator[LocalImapServer]:
 def imap_user() -> str:
     """A user name nobody has used yet in this run: a fresh, empty mailbox on ``imap_server``."""
     return new_user("t")
+
+
+# --- model ---
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples" / "inbox"
+REPLIES = ROOT / "replies"
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The committed model (``triage train`` wrote it; test_training.py trains one of its own)."""
+    from triage import classifier
+
+    return classifier.load(ROOT / "models" / "triage.joblib")
+
+
+@pytest.fixture
+def local_settings(tmp_path):
+    """Settings for the embedded default: a Maildir, journal and outbox under tmp_path."""
+    from triage.config import load_settings
+
+    return load_settings(
+        _env_file=None,
+        maildir=tmp_path / "mail",
+        state_db=tmp_path / "triage.sqlite3",
+        model_path=ROOT / "models" / "triage.joblib",
+        replies_dir=REPLIES,
+        training_dir=ROOT / "models" / "data",
+    )

@@ -43,10 +43,15 @@ class SaveDraft:
 
 @dataclass(frozen=True)
 class Send:
-    """Send a message without a person pressing send: a reply (send mode) or a forward."""
+    """Send a message without a person pressing send: a reply (send mode) or a forward.
+
+    The worker sends it through its durable queue (``outbox.OutboxQueue``), tied to the
+    original's journal entry; ``apply`` sends it directly, for callers without a queue.
+    """
 
     message: EmailMessage
-    what: str  # "reply" or "forward to <party>"
+    what: str  # "reply" or "forward to <address>"
+    kind: str = "forward"  # "reply" or "forward": with the recipient, one per original
 
     def describe(self) -> str:
         return f"send {self.what} to {self.message['To']}"
@@ -111,11 +116,11 @@ def plan(
     if reply.reply is not None:
         source = reply.reply.get("X-Triage-Source", "")
         if send_reply:
-            actions.append(Send(reply.reply, "reply"))
+            actions.append(Send(reply.reply, "reply", "reply"))
         else:
             actions.append(SaveDraft(reply.reply, source, check_existing=retry))
     for forward in reply.forwards:
-        actions.append(Send(forward, f"forward to {forward['To']}"))
+        actions.append(Send(forward, f"forward to {forward['To']}", "forward"))
     if decision.action == "human":
         actions.append(
             Mark(incoming, (TRIAGED_KEYWORD, HANDOFF_KEYWORD), True, settings.imap_handoff_folder)

@@ -59,7 +59,7 @@ def _drafts_at(settings: Settings) -> str:
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     model = classifier.load(settings.model_path)
     mailbox = open_mailbox(settings)
-    journal = Journal(settings.state_db)
+    journal = Journal(settings.state_db, readonly=args.dry_run)
     worker = Worker(
         settings,
         mailbox=mailbox,

@@ -16,11 +16,11 @@ import logging
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
-from email.policy import SMTP
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -43,6 +43,8 @@ DEFAULT_PORTS: dict[str, int] = {"ssl": 993, "starttls": 143, "none": 143}
 FETCH_BATCH = 100
 # RFC 2177: a client should re-issue IDLE at least every 29 minutes, or the server may log it out.
 IDLE_LIMIT_SECONDS = 29 * 60 - 60
+# While IDLE, how often wait() looks at its stop event (SIGTERM ends a wait this fast).
+STOP_CHECK_SECONDS = 0.25
 # Pauses between reconnect attempts in wait(): doubling from 0.25 s (a Dovecot restart takes
 # about 0.1 s) up to 30 s.
 RECONNECT_FIRST_PAUSE = 0.25
@@ -158,20 +160,25 @@ class ImapMailbox:
                     continue
                 yield Incoming(self.folder, uidvalidity, str(uid), bytes(raw))
 
-    def wait(self, timeout: float) -> None:
-        """Return when new mail may have come (IDLE push), or after up to ``timeout`` seconds.
+    def wait(self, timeout: float, *, stop: threading.Event | None = None) -> None:
+        """Return when new mail may have come (IDLE push), or after up to ``timeout`` seconds,
+        or soon (within ``STOP_CHECK_SECONDS``) after ``stop`` is set.
 
         With IDLE, waits at most ``idle_seconds`` (under RFC 2177's 29 minutes; the caller calls
         again). Without IDLE, sleeps ``min(timeout, poll_seconds)``. A connection lost while
         waiting (server restart, imapclient issue #519) is reopened before returning, trying
         again until ``timeout`` is used up; MailboxError if it still cannot be.
         """
-        if timeout <= 0:
+        if timeout <= 0 or (stop is not None and stop.is_set()):
             return
         deadline = time.monotonic() + timeout
         client = self._connected()
         if not client.has_capability("IDLE"):
-            time.sleep(min(timeout, self.poll_seconds))
+            pause = min(timeout, self.poll_seconds)
+            if stop is None:
+                time.sleep(pause)
+            else:
+                stop.wait(pause)
             return
         try:
             # SELECT again: mail that came since keys() (announced during other commands,
@@ -181,7 +188,7 @@ class ImapMailbox:
             if self._last_keys is not None and now != self._last_keys:
                 log.debug("%s changed since the last look; not idling", self.folder)
                 return
-            self._idle(client, min(timeout, self.idle_seconds))
+            self._idle(client, min(timeout, self.idle_seconds), stop)
         except _LOST as exc:
             log.warning("%s: connection lost while waiting (%s); reconnecting", self._where, exc)
             self._reconnect_until(deadline)
@@ -207,30 +214,44 @@ class ImapMailbox:
 
         def find(client: Any) -> bool:
             folder = self._special_folder(client, b"\\Drafts", self.drafts_folder)
-            if not client.folder_exists(folder):
-                return False
-            self._select(client, folder, readonly=True)
-            # HEADER is a substring match; ids with characters that do not survive as a search
-            # string are found by the header alone. Either way the header is compared exactly.
-            if _SEARCHABLE.fullmatch(wanted) and not _UNSAFE_IN_SEARCH.search(wanted):
-                needle = wanted
-            else:
-                needle = ""
-            uids = client.search(["UNDELETED", "HEADER", SOURCE_HEADER, needle])
-            if not uids:
-                return False
-            section = f"BODY.PEEK[HEADER.FIELDS ({SOURCE_HEADER.upper()})]"
-            for data in client.fetch(uids, [section]).values():
-                for key, value in data.items():
-                    if not key.startswith(b"BODY[HEADER") or not value:
-                        continue
-                    header = BytesHeaderParser().parsebytes(bytes(value))
-                    for found in header.get_all(SOURCE_HEADER) or ():
-                        if " ".join(str(found).split()) == wanted:
-                            return True
-            return False
+            return self._has_header(client, folder, SOURCE_HEADER, wanted)
 
         return self._call("look for a draft", find, idempotent=True)
+
+    def holds(self, folder: str, message_id: str) -> bool:
+        """Whether ``folder`` holds a message (not ``\\Deleted``) with this Message-ID."""
+        wanted = " ".join(message_id.split())
+        if not wanted:
+            raise ValueError("holds needs a Message-ID; an empty one matches every message")
+        return self._call(
+            f"look in {folder!r}",
+            lambda client: self._has_header(client, folder, "Message-ID", wanted),
+            idempotent=True,
+        )
+
+    def _has_header(self, client: Any, folder: str, name: str, wanted: str) -> bool:
+        if not client.folder_exists(folder):
+            return False
+        self._select(client, folder, readonly=True)
+        # HEADER is a substring match; ids with characters that do not survive as a search
+        # string are found by the header alone. Either way the header is compared exactly.
+        if _SEARCHABLE.fullmatch(wanted) and not _UNSAFE_IN_SEARCH.search(wanted):
+            needle = wanted
+        else:
+            needle = ""
+        uids = client.search(["UNDELETED", "HEADER", name, needle])
+        if not uids:
+            return False
+        section = f"BODY.PEEK[HEADER.FIELDS ({name.upper()})]"
+        for data in client.fetch(uids, [section]).values():
+            for key, value in data.items():
+                if not key.startswith(b"BODY[HEADER") or not value:
+                    continue
+                header = BytesHeaderParser().parsebytes(bytes(value))
+                for found in header.get_all(name) or ():
+                    if " ".join(str(found).split()) == wanted:
+                        return True
+        return False
 
     def mark(self, incoming: Incoming, keywords: Iterable[str], *, flagged: bool = False) -> None:
         """UID STORE +FLAGS: ``keywords`` (and ``\\Flagged``) on the original in its folder."""
@@ -597,27 +618,35 @@ class ImapMailbox:
 
     # --- IDLE ----------------------------------------------------------------------------------
 
-    def _idle(self, client: Any, seconds: float) -> None:
-        """IDLE up to ``seconds``; return early on EXISTS or RECENT. Raises on a lost connection."""
+    def _idle(self, client: Any, seconds: float, stop: threading.Event | None = None) -> None:
+        """IDLE up to ``seconds``; return early on EXISTS or RECENT, or once ``stop`` is set.
+        Raises on a lost connection."""
         deadline = time.monotonic() + seconds
         started = time.monotonic()
+        step = STOP_CHECK_SECONDS if stop is not None else seconds
         while time.monotonic() < deadline:
             client.idle()
             new_mail = False
             while (remaining := deadline - time.monotonic()) > 0:
-                responses = client.idle_check(timeout=remaining)
+                if stop is not None and stop.is_set():
+                    break
+                slice_ = min(remaining, step)
+                checked = time.monotonic()
+                responses = client.idle_check(timeout=slice_)
                 if any(_is_bye(r) for r in responses):
                     raise imaplib.IMAP4.abort("the server said BYE")
                 if any(_is_new_mail(r) for r in responses):
                     new_mail = True
                     break
-                if not responses and deadline - time.monotonic() > 0.05:
+                if not responses and time.monotonic() - checked < slice_ - 0.05:
                     # Readable but no whole line: end of file, or only a TLS record. DONE
                     # tells which: it raises on a dead connection.
                     break
             _text, responses = client.idle_done()
             if new_mail or any(_is_new_mail(r) for r in responses):
                 log.debug("new mail after %.3f s of IDLE", time.monotonic() - started)
+                return
+            if stop is not None and stop.is_set():
                 return
 
 
@@ -678,8 +707,10 @@ def _uid(uid: str) -> int:
 
 
 def _as_bytes(message: EmailMessage) -> bytes:
-    """The message as IMAP stores it: CRLF line ends, long headers folded."""
-    return message.as_bytes(policy=SMTP)
+    """The message as IMAP stores it: CRLF line ends, and otherwise the message's own policy
+    (``policy.SMTP`` itself would RFC 2047-encode a Message-ID longer than 78 characters in
+    In-Reply-To and References, which breaks threading)."""
+    return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
 
 
 def _is_new_mail(response: tuple[Any, ...]) -> bool:

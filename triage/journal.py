@@ -60,8 +60,43 @@ def _v1(db: sqlite3.Connection) -> None:
     )
 
 
+def _v2(db: sqlite3.Connection) -> None:
+    """The outbox queue: mail to send (forwards, replies in send mode), kept until it is sent."""
+    _script(
+        db,
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            entry_id INTEGER,                   -- messages.id of the original it belongs to
+            kind TEXT NOT NULL,                 -- "forward to <party>" or "reply"
+            recipient TEXT NOT NULL,            -- the To address, for people
+            message_id TEXT NOT NULL UNIQUE,    -- sent unchanged on every attempt
+            raw BLOB NOT NULL,                  -- the message exactly as it is sent
+            folder TEXT NOT NULL DEFAULT '',    -- where the original is (for a hand-off)
+            uidvalidity INTEGER NOT NULL DEFAULT 0,
+            uid TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL,               -- queued | sending | sent | refused
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL DEFAULT 0,  -- unix time of the next try
+            last_error TEXT NOT NULL DEFAULT '',
+            copied INTEGER NOT NULL DEFAULT 0,  -- Sent copy: 0 not yet, -1 started, 1 done
+            handed_off INTEGER NOT NULL DEFAULT 0,  -- refused: the original was flagged
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            sent_at TEXT NOT NULL DEFAULT '',
+            UNIQUE (entry_id, kind, recipient)
+        );
+        CREATE INDEX outbox_due ON outbox (status, next_attempt_at)
+        """
+    )
+
+
 # Ordered migrations: the schema is at version N once the first N have run.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+
+# Outbox queue statuses: "sending" is written before the SMTP transaction and "sent" after it,
+# so a row found in "sending" after a restart has an unknown outcome and is sent again.
+QUEUE_STATUSES = ("queued", "sending", "sent", "refused")
 
 STATUSES = ("pending", "done", "failed")
 
@@ -88,6 +123,30 @@ class Entry:
     updated_at: str
 
 
+@dataclass(frozen=True)
+class QueuedMail:
+    """One message in the outbox queue."""
+
+    id: int
+    entry_id: int | None
+    kind: str
+    recipient: str
+    message_id: str
+    raw: bytes
+    folder: str
+    uidvalidity: int
+    uid: str
+    status: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str
+    copied: int
+    handed_off: bool
+    created_at: str
+    updated_at: str
+    sent_at: str
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -95,9 +154,18 @@ def _now() -> str:
 class Journal:
     """The SQLite journal at ``path`` (created and migrated on open)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """Open (creating and migrating) the journal; ``readonly`` opens an existing one as it is,
+        or an empty one in memory when there is none (``--dry-run`` writes nothing)."""
         self.path = Path(path)
         try:
+            if readonly:
+                target = f"file:{self.path}?mode=ro" if self.path.exists() else ":memory:"
+                self.db = sqlite3.connect(target, uri=True, isolation_level=None, timeout=30)
+                self.db.row_factory = sqlite3.Row
+                if target == ":memory:":
+                    self._migrate()
+                return
             if str(self.path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
@@ -240,6 +308,119 @@ class Journal:
         row = self.db.execute("SELECT COUNT(*) FROM sends WHERE sent_at >= ?", (since,)).fetchone()
         return int(row[0])
 
+    # --- the outbox queue: mail waits here until the SMTP server takes it
+    def enqueue(
+        self,
+        *,
+        entry_id: int | None,
+        kind: str,
+        recipient: str,
+        message_id: str,
+        raw: bytes,
+        folder: str = "",
+        uidvalidity: int = 0,
+        uid: str = "",
+    ) -> QueuedMail:
+        """Queue a message; for an entry that already queued this kind to this recipient (a
+        retry after a crash), the row already there, whatever became of it."""
+        now = _now()
+        self._write(
+            """
+            INSERT INTO outbox (entry_id, kind, recipient, message_id, raw, folder, uidvalidity,
+                                uid, status, created_at, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)
+            ON CONFLICT DO NOTHING
+            """,
+            (entry_id, kind, recipient, message_id, raw, folder, uidvalidity, uid, now, now),
+        )
+        if entry_id is None:
+            row = self.db.execute(
+                "SELECT * FROM outbox WHERE message_id = ?", (message_id,)
+            ).fetchone()
+        else:
+            row = self.db.execute(
+                "SELECT * FROM outbox WHERE entry_id = ? AND kind = ? AND recipient = ?",
+                (entry_id, kind, recipient),
+            ).fetchone()
+        if row is None:
+            raise TriageError(f"journal: message {message_id} could not be queued")
+        return _queued(row)
+
+    def queue_get(self, queue_id: int) -> QueuedMail | None:
+        row = self.db.execute("SELECT * FROM outbox WHERE id = ?", (queue_id,)).fetchone()
+        return _queued(row) if row else None
+
+    def queue_due(self, now: float) -> list[QueuedMail]:
+        """Queued rows whose next try is due, and rows left ``sending`` (outcome unknown)."""
+        rows = self.db.execute(
+            "SELECT * FROM outbox WHERE status IN ('queued', 'sending') AND next_attempt_at <= ? "
+            "ORDER BY id",
+            (now,),
+        )
+        return [_queued(r) for r in rows]
+
+    def queue_next_due(self) -> float | None:
+        """When the earliest queued row is due (unix time), or None when nothing waits."""
+        row = self.db.execute(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('queued', 'sending')"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def queue_unfinished(self) -> list[QueuedMail]:
+        """Sent rows still without their Sent copy, and refused rows not yet handed off."""
+        rows = self.db.execute(
+            "SELECT * FROM outbox WHERE (status = 'sent' AND copied != 1) "
+            "OR (status = 'refused' AND handed_off = 0) ORDER BY id"
+        )
+        return [_queued(r) for r in rows]
+
+    def queue_entries(self, *, status: str | None = None) -> list[QueuedMail]:
+        sql, params = "SELECT * FROM outbox", ()
+        if status:
+            sql, params = sql + " WHERE status = ?", (status,)
+        return [_queued(r) for r in self.db.execute(sql + " ORDER BY id", params)]
+
+    def queue_sending(self, queue_id: int) -> None:
+        """Written (and committed) before the SMTP transaction starts."""
+        self._write(
+            "UPDATE outbox SET status = 'sending', attempts = attempts + 1, updated_at = ? "
+            "WHERE id = ?",
+            (_now(), queue_id),
+        )
+
+    def queue_sent(self, queue_id: int) -> None:
+        """Written after the SMTP server accepted the message."""
+        now = _now()
+        self._write(
+            "UPDATE outbox SET status = 'sent', last_error = '', sent_at = ?, updated_at = ? "
+            "WHERE id = ?",
+            (now, now, queue_id),
+        )
+
+    def queue_deferred(self, queue_id: int, *, error: str, next_attempt_at: float) -> None:
+        self._write(
+            "UPDATE outbox SET status = 'queued', last_error = ?, next_attempt_at = ?, "
+            "updated_at = ? WHERE id = ?",
+            (error[:2000], next_attempt_at, _now(), queue_id),
+        )
+
+    def queue_refused(self, queue_id: int, *, error: str) -> None:
+        self._write(
+            "UPDATE outbox SET status = 'refused', last_error = ?, updated_at = ? WHERE id = ?",
+            (error[:2000], _now(), queue_id),
+        )
+
+    def queue_copied(self, queue_id: int, state: int) -> None:
+        """The Sent copy: -1 before the APPEND, 1 after it."""
+        self._write(
+            "UPDATE outbox SET copied = ?, updated_at = ? WHERE id = ?", (state, _now(), queue_id)
+        )
+
+    def queue_handed_off(self, queue_id: int) -> None:
+        self._write(
+            "UPDATE outbox SET handed_off = 1, updated_at = ? WHERE id = ?", (_now(), queue_id)
+        )
+
     # --- review
     def get(self, entry_id: int) -> Entry | None:
         row = self.db.execute("SELECT * FROM messages WHERE id = ?", (entry_id,)).fetchone()
@@ -307,4 +488,27 @@ def _entry(row: sqlite3.Row) -> Entry:
     )
 
 
-__all__ = ["MIGRATIONS", "STATUSES", "Entry", "Journal"]
+def _queued(row: sqlite3.Row) -> QueuedMail:
+    return QueuedMail(
+        id=row["id"],
+        entry_id=row["entry_id"],
+        kind=row["kind"],
+        recipient=row["recipient"],
+        message_id=row["message_id"],
+        raw=bytes(row["raw"]),
+        folder=row["folder"],
+        uidvalidity=row["uidvalidity"],
+        uid=row["uid"],
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+        copied=row["copied"],
+        handed_off=bool(row["handed_off"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        sent_at=row["sent_at"],
+    )
+
+
+__all__ = ["MIGRATIONS", "QUEUE_STATUSES", "STATUSES", "Entry", "Journal", "QueuedMail"]

@@ -8,9 +8,11 @@ file is only ever renamed (flags in its name) or moved, never rewritten.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import mailbox
 import os
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from email.message import EmailMessage
@@ -28,6 +30,9 @@ SENT = "Sent"
 OUTBOX = "Outbox"
 # A Maildir has no UIDVALIDITY; its keys never change, so one constant value stands for it.
 MAILDIR_UIDVALIDITY = 1
+# Unique delivery names: time, microseconds, pid, a counter and the host (Maildir spec).
+_COUNTER = itertools.count(1)
+_HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 # How often wait() looks at new/ for mail delivered by another program.
 _WAIT_STEP_SECONDS = 0.25
 
@@ -81,12 +86,23 @@ class LocalMailbox:
             yield Incoming(self.folder, MAILDIR_UIDVALIDITY, uid, raw)
 
     def add(self, raw: bytes, *, folder: str = INBOX, flags: str = "") -> str:
-        """Deliver raw bytes into a folder unchanged (``new/``, or ``cur/`` with flags)."""
-        message = mailbox.MaildirMessage(raw)
-        if flags:
-            message.set_subdir("cur")
-            message.set_flags(flags)
-        return str(self._folder(folder).add(message))
+        """Deliver raw bytes into a folder byte for byte (``new/``, or ``cur/`` with flags).
+
+        Written to ``tmp/`` and renamed, as the Maildir spec asks; the stdlib's ``add`` would
+        rewrite line endings.
+        """
+        self._folder(folder)
+        directory = self.folder_path(folder)
+        now = time.time()
+        key = f"{int(now)}.M{int(now * 1e6) % 1_000_000}P{os.getpid()}Q{next(_COUNTER)}.{_HOST}"
+        tmp = directory / "tmp" / key
+        with open(tmp, "xb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        target = directory / ("cur" if flags else "new") / (f"{key}:2,{''.join(sorted(flags))}" if flags else key)
+        os.rename(tmp, target)
+        return key
 
     def wait(self, timeout: float) -> None:
         new_dir = self.folder_path(self.folder) / "new"
@@ -111,19 +127,21 @@ class LocalMailbox:
             path = directory / sub
             if not path.is_dir():
                 continue
-            for entry in os.scandir(path):
-                with open(entry.path, "rb") as fh:
-                    headers = parser.parse(fh)
-                if headers.get(SOURCE_HEADER, "").strip() == source_message_id:
-                    return True
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    with open(entry.path, "rb") as fh:
+                        headers = parser.parse(fh)
+                    if headers.get(SOURCE_HEADER, "").strip() == source_message_id:
+                        return True
         return False
 
     def _path_of(self, incoming: Incoming) -> Path:
         directory = self.folder_path(incoming.folder)
         for sub in ("new", "cur"):
-            for entry in os.scandir(directory / sub):
-                if entry.name == incoming.uid or entry.name.startswith(incoming.uid + ":"):
-                    return Path(entry.path)
+            with os.scandir(directory / sub) as entries:
+                for entry in entries:
+                    if entry.name == incoming.uid or entry.name.startswith(incoming.uid + ":"):
+                        return Path(entry.path)
         raise MailboxError(f"maildir {directory}: no message {incoming.uid}; was it moved?")
 
     def mark(self, incoming: Incoming, keywords: Iterable[str], *, flagged: bool = False) -> None:

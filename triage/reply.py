@@ -39,6 +39,9 @@ _NOT_A_PERSON = frozenset(
 _REPLY_PREFIXES = re.compile(r"^\s*((re|aw|sv|antw|fwd?|fw)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 _URL = re.compile(r"(https?://[^\s<>\"]+[^\s<>\".,;:!?)])|([\w.+-]+@[\w-]+(?:\.[\w-]+)+)")
+# Header lines may be up to RFC 5322's hard limit: the stdlib folds a long Message-ID by
+# RFC 2047-encoding it at 78, which breaks threading in every mail client.
+POLICY = SMTP.clone(max_line_length=998, cte_type="7bit")  # 7bit: safe on any server
 # At most this many lines of the original are quoted under a reply.
 _QUOTE_LINES = 200
 
@@ -179,7 +182,7 @@ class Composer:
     def _base(self, to: Address, subject: str, source: Query, topics: tuple[str, ...],
               confidence: float) -> EmailMessage:
         domain = self.settings.support_address.rpartition("@")[2]
-        message = EmailMessage(policy=SMTP)
+        message = EmailMessage(policy=POLICY)
         message["From"] = self._from()
         message["To"] = to
         message["Subject"] = subject
@@ -260,7 +263,7 @@ class Composer:
         message["Auto-Submitted"] = "auto-replied"  # sent without a person pressing send
         message.set_content(text)
         if raw is not None:  # the original, unchanged, as message/rfc822
-            original = email.message_from_bytes(raw, policy=SMTP)
+            original = email.message_from_bytes(raw, policy=POLICY)
             message.add_attachment(original, disposition="attachment", filename="original.eml")
         return message
 
