@@ -1,15 +1,19 @@
-"""Classification: Query -> Classification(scores, topics); train, save and load the model.
+"""Classification: Query -> Classification(scores, topics); save and load the model.
 
-One scikit-learn Pipeline: TF-IDF over word 1-2-grams and character 3-5-grams, then a logistic
-regression (its probabilities are what the thresholds are chosen on). "other" is both a class
-and a decision rule: below the confidence threshold, or too close to the runner-up, a human
-decides. A second question in the same email is found by scoring its sentences as well.
+The model is trained as a scikit-learn Pipeline (``training.build_pipeline``: TF-IDF over word
+1-2-grams and character 4-grams, then a logistic regression) and saved *compiled*: its
+vocabularies, IDF weights and coefficients as plain arrays. Classifying then needs neither
+scikit-learn nor a pickle of its objects, which makes a cold ``triage classify`` fast and the
+model file independent of scikit-learn's internals. "other" is both a class and a decision rule:
+below the confidence threshold, or too close to the runner-up, a human decides. A second
+question in the same email is found by scoring its sentences as well.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import math
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +21,6 @@ from typing import Any
 
 import joblib
 import numpy as np
-import sklearn
-from sklearn.exceptions import InconsistentVersionWarning
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import FeatureUnion, Pipeline
 
 from triage.errors import ModelError
 from triage.query import Query
@@ -30,7 +29,11 @@ from triage.topics import LABELS, OTHER, TOPICS
 # Fixed seed: the same data gives the same model.
 SEED = 20261128
 # Model file format; bump when the saved dict changes shape.
-FORMAT = 1
+FORMAT = 2
+# The token pattern of the word features (training.build_pipeline uses the same).
+TOKEN_PATTERN = r"(?u)\b\w[\w'-]*\b"
+# Character n-gram length of the character features, within words (sklearn's "char_wb").
+CHAR_N = 4
 # Defaults until `triage train` has chosen thresholds on held-out data.
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MARGIN = 0.15
@@ -40,24 +43,30 @@ DEFAULT_SEGMENT_THRESHOLD = 0.6
 _MIN_SEGMENT_CHARS = 25
 # Spellings people use for the same thing, folded to one token before vectorising
 # (vocabulary only, not facts: "step lab" and "StepLab" are one product name).
-_VARIANTS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern, re.IGNORECASE), replacement)
-    for pattern, replacement in (
-        (r"\bstep\s*-?\s*lab\b", "steplab"),
-        (r"\bmy\s*-?\s*ect\b", "myect"),
-        (r"\bmy\s+ambition\b", "myambition"),
-        (r"\bmy\s+teacher\s+training\b", "myteachertraining"),
-        (r"\bmanage[- ]training(?: for early career teachers)?(?: service)?\b", "dfeservice"),
-        (r"\bdfe(?:'s)?\s+(?:portal|service|website|site|system)\b", "dfeservice"),
-        (r"\bappropriate\s+bod(?:y|ies)\b", "appropriatebody"),
-        (r"\bdelivery\s+partners?\b", "deliverypartner"),
-        (r"\binduction\s+tutors?\b", "inductiontutor"),
-        (r"\bsection\s*41\b|\bs\.?\s?41\b", "section41"),
-        (r"\bget information about schools\b", "gias"),
-        (r"\bnqts?\b", "ect"),
-        (r"\be-?mails?\b", "email"),
-    )
+_VARIANT_LIST: tuple[tuple[str, str], ...] = (
+    (r"\bstep\s*-?\s*lab\b", "steplab"),
+    (r"\bmy\s*-?\s*ect\b", "myect"),
+    (r"\bmy\s+ambition\b", "myambition"),
+    (r"\bmy\s+teacher\s+training\b", "myteachertraining"),
+    (r"\bmanage[- ]training(?: for early career teachers)?(?: service)?\b", "dfeservice"),
+    (r"\bdfe(?:'s)?\s+(?:portal|service|website|site|system)\b", "dfeservice"),
+    (r"\bappropriate\s+bod(?:y|ies)\b", "appropriatebody"),
+    (r"\bdelivery\s+partners?\b", "deliverypartner"),
+    (r"\binduction\s+tutors?\b", "inductiontutor"),
+    (r"\bsection\s*41\b|\bs\.?\s?41\b", "section41"),
+    (r"\bget information about schools\b", "gias"),
+    (r"\bnqts?\b", "ect"),
+    (r"\be-?mails?\b", "email"),
 )
+# All variants in one pattern, one group each (the patterns capture nothing themselves), so
+# the text is scanned once instead of thirteen times.
+_VARIANTS = re.compile("|".join(f"({p})" for p, _ in _VARIANT_LIST), re.IGNORECASE)
+
+
+def _variant(match: re.Match[str]) -> str:
+    return _VARIANT_LIST[(match.lastindex or 1) - 1][1]
+
+
 # A sentence that asks or requests something (only such sentences add a topic to an email):
 # a question mark, or an opening that asks, requests or reports a problem.
 _ASKS = re.compile(
@@ -88,13 +97,11 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9\"'(])|\n\s*\n|\n(?=\s*[-*
 
 def normalise(text: str) -> str:
     """Fold spelling variants and whitespace, the same way in training and classifying."""
-    for pattern, replacement in _VARIANTS:
-        text = pattern.sub(replacement, text)
-    return " ".join(text.split())
+    return " ".join(_VARIANTS.sub(_variant, text).split())
 
 
 def prepare(text: str) -> str:
-    """The vectorisers' preprocessor (a module function, so the pipeline can be pickled)."""
+    """What the features are made from: variants folded, lower case (training and classifying)."""
     return normalise(text).lower()
 
 
@@ -103,10 +110,14 @@ def asks(sentence: str) -> bool:
     return bool(_ASKS.search(sentence) or _ASKS_INDIRECT.search(sentence))
 
 
+def sentences_of(text: str) -> list[str]:
+    """Every sentence and short paragraph of a text, in the order written."""
+    return [p.strip() for p in _SENTENCE_SPLIT.split(text) if p and p.strip()]
+
+
 def segments(text: str) -> list[str]:
     """Sentences and short paragraphs worth scoring on their own, in the order written."""
-    parts = [p.strip() for p in _SENTENCE_SPLIT.split(text) if p and p.strip()]
-    return [p for p in parts if len(p) >= _MIN_SEGMENT_CHARS]
+    return [p for p in sentences_of(text) if len(p) >= _MIN_SEGMENT_CHARS]
 
 
 @dataclass(frozen=True)
@@ -127,44 +138,81 @@ class Classification:
         return self.topics[0] if self.topics else OTHER
 
 
-def build_pipeline(*, c: float = 10.0) -> Pipeline:
-    """The untrained pipeline; word and character features, a multinomial logistic regression."""
-    features = FeatureUnion(
-        [
-            (
-                "words",
-                TfidfVectorizer(
-                    preprocessor=prepare,
-                    ngram_range=(1, 2),
-                    sublinear_tf=True,
-                    min_df=1,
-                    token_pattern=r"(?u)\b\w[\w'-]*\b",
-                ),
-            ),
-            (
-                "chars",
-                TfidfVectorizer(
-                    preprocessor=prepare,
-                    analyzer="char_wb",
-                    ngram_range=(3, 5),
-                    sublinear_tf=True,
-                    min_df=2,
-                    max_features=60000,
-                ),
-            ),
-        ]
-    )
-    classifier = LogisticRegression(
-        C=c, max_iter=2000, tol=1e-3, class_weight="balanced", random_state=SEED
-    )
-    return Pipeline([("features", features), ("clf", classifier)])
+def prepare_all(texts: Sequence[str]) -> list[str]:
+    """``prepare`` over a batch: the training pipeline's first step."""
+    return [prepare(t) for t in texts]
+
+
+_TOKENS = re.compile(TOKEN_PATTERN)
+
+
+def word_features(prepared: str) -> list[str]:
+    """Word 1- and 2-grams, exactly as scikit-learn's CountVectorizer makes them."""
+    tokens = _TOKENS.findall(prepared)
+    return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
+
+
+def char_features(prepared: str) -> list[str]:
+    """Character n-grams within space-padded words, exactly as sklearn's "char_wb" makes them."""
+    grams: list[str] = []
+    for word in prepared.split():
+        padded = f" {word} "
+        if len(padded) <= CHAR_N:
+            grams.append(padded)
+        else:
+            grams.extend(padded[i : i + CHAR_N] for i in range(len(padded) - CHAR_N + 1))
+    return grams
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A trained linear model as plain data: vocabularies, IDF weights, coefficients."""
+
+    labels: tuple[str, ...]
+    word_vocab: dict[str, int]
+    word_idf: np.ndarray
+    char_vocab: dict[str, int]
+    char_idf: np.ndarray
+    coef: np.ndarray  # labels x (words + chars)
+    intercept: np.ndarray
+
+    def count(self, prepared: str) -> tuple[list[int], list[int]]:
+        """The known features of one prepared text, as ids with repeats: (words, chars)."""
+        words = [i for i in map(self.word_vocab.get, word_features(prepared)) if i is not None]
+        chars = [i for i in map(self.char_vocab.get, char_features(prepared)) if i is not None]
+        return words, chars
+
+    def _branch(self, found: list[int], idf: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        if not found:
+            return np.zeros(0, dtype=np.intp), np.zeros(0)
+        ids, tf = np.unique(np.asarray(found, dtype=np.intp), return_counts=True)
+        weights = (1.0 + np.log(tf)) * idf[ids]  # sublinear tf, idf
+        weights /= math.sqrt(float(weights @ weights))  # l2, per branch as sklearn does
+        return ids + offset, weights
+
+    def vector(self, counts: tuple[list[int], list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The TF-IDF vector of some counts, as (feature ids, weights)."""
+        w_ids, w_val = self._branch(counts[0], self.word_idf, 0)
+        c_ids, c_val = self._branch(counts[1], self.char_idf, len(self.word_vocab))
+        return np.concatenate([w_ids, c_ids]), np.concatenate([w_val, c_val])
+
+    def probabilities(self, rows: Sequence[tuple[list[int], list[int]]]) -> np.ndarray:
+        """Multinomial logistic regression probabilities, one row per counts."""
+        scores = np.empty((len(rows), len(self.labels)))
+        for i, counts in enumerate(rows):
+            ids, weights = self.vector(counts)
+            scores[i] = self.coef[:, ids] @ weights + self.intercept
+        scores -= scores.max(axis=1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=1, keepdims=True)
+        return scores
 
 
 @dataclass
 class Model:
-    """A trained pipeline with its thresholds and card; built by ``train`` or ``load``."""
+    """A compiled model with its thresholds and card; built by ``training.train`` or ``load``."""
 
-    pipeline: Pipeline
+    scorer: Scorer
     threshold: float = DEFAULT_THRESHOLD
     margin: float = DEFAULT_MARGIN
     segment_threshold: float = DEFAULT_SEGMENT_THRESHOLD
@@ -172,10 +220,11 @@ class Model:
 
     @property
     def labels(self) -> list[str]:
-        return [str(c) for c in self.pipeline.classes_]
+        return list(self.scorer.labels)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.pipeline.predict_proba(list(texts)))
+        """Probabilities of each label for whole texts."""
+        return self.scorer.probabilities([self.scorer.count(prepare(t)) for t in texts])
 
     def classify(self, query: Query, *, explain: bool = False) -> Classification:
         """Classify one message; see ``classify_many`` for batches."""
@@ -184,21 +233,46 @@ class Model:
     def classify_many(
         self, queries: Sequence[Query], *, explain: bool = False
     ) -> list[Classification]:
-        """Classify messages in one batch: the whole text and each of its sentences."""
-        texts = [model_text(q) for q in queries]
-        pieces: list[list[str]] = [segments(q.text) if len(q.text) > 80 else [] for q in queries]
-        asking = [[asks(s) for s in p] for p in pieces]
-        flat = [*texts, *(s for p in pieces for s in p)]
-        probs = self.probabilities(flat) if flat else np.zeros((0, len(self.labels)))
+        """Classify messages in one batch: the whole text and each of its sentences.
+
+        Each sentence is counted once; the whole email's counts are the sum of its sentences'.
+        """
         labels = self.labels
-        results = []
-        offset = len(texts)
+        if not queries:
+            return []
+        pieces: list[str] = []  # every sentence of every email (and its subject, if read)
+        owner: list[int] = []
+        scored: list[int] = []  # the pieces scored on their own
+        asking: list[list[bool]] = []
         for i, query in enumerate(queries):
-            whole = probs[i]
-            parts = probs[offset : offset + len(pieces[i])]
-            offset += len(pieces[i])
+            subject = model_subject(query)
+            if subject:
+                pieces.append(subject)
+                owner.append(i)
+            sentences = sentences_of(query.text)
+            long_enough = len(query.text) > 80
+            asked = []
+            for sentence in sentences:
+                if long_enough and len(sentence) >= _MIN_SEGMENT_CHARS:
+                    scored.append(len(pieces))
+                    asked.append(asks(sentence))
+                pieces.append(sentence)
+                owner.append(i)
+            asking.append(asked)
+        counted = [self.scorer.count(prepare(piece)) for piece in pieces]
+        wholes: list[tuple[list[int], list[int]]] = [([], []) for _ in queries]
+        for i, counts in zip(owner, counted, strict=True):
+            wholes[i][0].extend(counts[0])
+            wholes[i][1].extend(counts[1])
+        probs = self.scorer.probabilities([*wholes, *(counted[j] for j in scored)])
+        results = []
+        offset = len(queries)
+        for i, query in enumerate(queries):
+            count = len(asking[i])
+            parts = probs[offset : offset + count]
+            offset += count
             results.append(
-                self._decide(labels, whole, parts, asking[i], query if explain else None)
+                self._decide(labels, probs[i], parts, asking[i], query if explain else None)
             )
         return results
 
@@ -260,35 +334,52 @@ class Model:
 
     def explain(self, text: str, label: str, *, count: int = 8) -> tuple[str, ...]:
         """The word features that pushed ``text`` towards ``label`` the most."""
-        union: FeatureUnion = self.pipeline.named_steps["features"]
-        words: TfidfVectorizer = union.transformer_list[0][1]
-        vector = words.transform([text])
-        clf: LogisticRegression = self.pipeline.named_steps["clf"]
+        words, _ = self.scorer.count(prepare(text))
+        ids, weights = self.scorer.vector((words, []))
         row = self.labels.index(label)
-        weights = clf.coef_[row][: vector.shape[1]]
-        contributions = vector.multiply(weights).tocsr()
-        names = words.get_feature_names_out()
-        pairs = sorted(
-            zip(contributions.indices, contributions.data, strict=True), key=lambda p: -p[1]
-        )
-        return tuple(str(names[j]) for j, value in pairs[:count] if value > 0)
+        values = weights * self.scorer.coef[row, ids]
+        names = {index: name for name, index in self.scorer.word_vocab.items()}
+        contributions = list(zip(ids, values, strict=True))
+        pairs = sorted(contributions, key=lambda p: -p[1])
+        return tuple(names[int(j)] for j, value in pairs[:count] if value > 0)
+
+
+def model_subject(query: Query) -> str:
+    """The subject, when it is the sender's own words (not a thread reply's or a forward's)."""
+    if query.subject and not query.is_reply and not query.forwarded:
+        return query.subject
+    return ""
 
 
 def model_text(query: Query) -> str:
     """What the model reads: the new text, and the subject unless it is a thread reply's."""
-    if query.subject and not query.is_reply and not query.forwarded:
-        return f"{query.subject}\n{query.text}"
-    return query.text
+    subject = model_subject(query)
+    return f"{subject}\n{query.text}" if subject else query.text
+
+
+def _sklearn_version() -> str:
+    """The installed scikit-learn's version, without importing it (that costs a second)."""
+    try:
+        return importlib.metadata.version("scikit-learn")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def save(model: Model, path: Path) -> None:
-    """Write the model and its card with joblib (a pickle: load only files ``train`` wrote)."""
+    """Write the compiled model and its card with joblib (plain arrays, dicts and strings)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    scorer = model.scorer
     payload = {
         "format": FORMAT,
-        "pipeline": model.pipeline,
         "labels": list(LABELS),
-        "sklearn_version": sklearn.__version__,
+        "scorer_labels": list(scorer.labels),
+        "sklearn_version": model.card.get("versions", {}).get("scikit-learn", _sklearn_version()),
+        "word_vocab": scorer.word_vocab,
+        "word_idf": scorer.word_idf,
+        "char_vocab": scorer.char_vocab,
+        "char_idf": scorer.char_idf,
+        "coef": scorer.coef,
+        "intercept": scorer.intercept,
         "threshold": model.threshold,
         "margin": model.margin,
         "segment_threshold": model.segment_threshold,
@@ -300,35 +391,41 @@ def save(model: Model, path: Path) -> None:
 
 
 def load(path: Path) -> Model:
-    """Load a model ``triage train`` wrote; anything else is a ModelError saying what to do."""
+    """Load a model ``triage train`` wrote; anything else is a ModelError saying what to do.
+
+    The file is a joblib pickle: load only files ``triage train`` wrote (trust it like code).
+    """
     if not path.is_file():
         raise ModelError(f"{path}: no model file; run 'triage train' (or set TRIAGE_MODEL_PATH)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", InconsistentVersionWarning)
-            payload = joblib.load(path)
-    except InconsistentVersionWarning as exc:
-        raise ModelError(
-            f"{path}: written by scikit-learn {exc.original_sklearn_version}, this is "
-            f"{sklearn.__version__}; run 'triage train'"
-        ) from exc
+        payload = joblib.load(path)
     except Exception as exc:  # a pickle can fail in many ways; none is recoverable here
-        raise ModelError(f"{path}: cannot be read ({exc}); run 'triage train'") from exc
+        raise ModelError(f"{path}: cannot be read ({type(exc).__name__}); run 'triage train'") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path}: not a triage model of this version; run 'triage train'")
-    if payload["sklearn_version"] != sklearn.__version__:
+    installed = _sklearn_version()
+    if payload["sklearn_version"] != installed:
         raise ModelError(
             f"{path}: written by scikit-learn {payload['sklearn_version']}, this is "
-            f"{sklearn.__version__}; run 'triage train'"
+            f"{installed}; run 'triage train'"
         )
     saved = list(payload["labels"])
-    if saved != list(LABELS):
+    if saved != list(LABELS) or sorted(payload["scorer_labels"]) != sorted(LABELS):
         raise ModelError(
             f"{path}: trained for {len(saved) - 1} topics, this version has {len(TOPICS)}; "
             "run 'triage train'"
         )
+    scorer = Scorer(
+        labels=tuple(payload["scorer_labels"]),
+        word_vocab=payload["word_vocab"],
+        word_idf=np.asarray(payload["word_idf"], dtype=float),
+        char_vocab=payload["char_vocab"],
+        char_idf=np.asarray(payload["char_idf"], dtype=float),
+        coef=np.asarray(payload["coef"], dtype=float),
+        intercept=np.asarray(payload["intercept"], dtype=float),
+    )
     return Model(
-        pipeline=payload["pipeline"],
+        scorer=scorer,
         threshold=float(payload["threshold"]),
         margin=float(payload["margin"]),
         segment_threshold=float(payload["segment_threshold"]),
@@ -339,12 +436,17 @@ def load(path: Path) -> Model:
 __all__ = [
     "Classification",
     "Model",
+    "Scorer",
     "asks",
-    "build_pipeline",
+    "char_features",
     "load",
+    "model_subject",
     "model_text",
     "normalise",
     "prepare",
+    "prepare_all",
     "save",
     "segments",
+    "sentences_of",
+    "word_features",
 ]

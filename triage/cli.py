@@ -14,7 +14,7 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from types import FrameType
 
-from triage import __version__, classifier, evaluation, training
+from triage import __version__, classifier, evaluation
 from triage.config import Settings, load_settings
 from triage.errors import ConfigError, SampleError, TriageError
 from triage.journal import Journal
@@ -162,6 +162,8 @@ def _cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- train and evaluate
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from triage import training  # scikit-learn: imported only to train
+
     examples = training.load_data(settings.training_dir)
     print(f"training on {len(examples)} examples from {settings.training_dir}/", file=sys.stderr)
     result = training.train(
@@ -292,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "unchanged, skipping Message-IDs already there.")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help=".eml file or directory")
     p.set_defaults(func=_cmd_load)
+
+    # staff review and the learning loop: their subcommands live with their code
+    from triage import learning, review
+
+    review.add_parsers(sub)
+    learning.add_parsers(sub)
     return parser
 
 

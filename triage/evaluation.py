@@ -7,8 +7,9 @@ separated by ``;`` in the order asked, ``other``, or empty for automatic mail.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from triage.classifier import Model
@@ -17,9 +18,39 @@ from triage.errors import SampleError
 from triage.query import Query, parse
 from triage.routing import Decision, Router
 from triage.topics import LABELS, OTHER
-from triage.training import Scores, score_labels
 
 KINDS = ("single", "multi", "other", "automatic")
+
+
+@dataclass
+class Scores:
+    """Per-label precision, recall, F1 and the summary figures of one evaluation."""
+
+    per_label: dict[str, tuple[float, float, float, int]]  # precision, recall, f1, support
+    macro_f1: float
+    confusions: list[tuple[str, str, int]]  # expected, predicted, count
+    reply_precision: float
+    coverage: float
+    replied: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def score_labels(expected: Sequence[str], predicted: Sequence[str]) -> tuple[dict[str, tuple[float, float, float, int]], float, list[tuple[str, str, int]]]:
+    """Per-label P/R/F1 over the labels that occur, their macro-F1, and the confusion pairs."""
+    labels = [label for label in LABELS if label in set(expected) | set(predicted)]
+    per: dict[str, tuple[float, float, float, int]] = {}
+    for label in labels:
+        tp = sum(1 for e, p in zip(expected, predicted, strict=True) if e == p == label)
+        fp = sum(1 for e, p in zip(expected, predicted, strict=True) if p == label != e)
+        fn = sum(1 for e, p in zip(expected, predicted, strict=True) if e == label != p)
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per[label] = (precision, recall, f1, tp + fn)
+    scored = [per[label][2] for label in labels if per[label][3] > 0]
+    macro = sum(scored) / len(scored) if scored else 0.0
+    pairs = Counter((e, p) for e, p in zip(expected, predicted, strict=True) if e != p)
+    return per, macro, [(e, p, n) for (e, p), n in pairs.most_common()]
 
 
 @dataclass(frozen=True)
@@ -165,4 +196,16 @@ def report_lines(scores: Scores, *, title: str) -> list[str]:
     return lines
 
 
-__all__ = ["KINDS", "Case", "Result", "collect", "find_labels", "read_labels", "report_lines", "run", "score"]
+__all__ = [
+    "KINDS",
+    "Case",
+    "Result",
+    "Scores",
+    "collect",
+    "find_labels",
+    "read_labels",
+    "report_lines",
+    "run",
+    "score",
+    "score_labels",
+]

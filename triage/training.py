@@ -12,7 +12,7 @@ import logging
 import platform
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,17 @@ from typing import Any
 import numpy as np
 import sklearn
 from joblib import Parallel, delayed
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer, TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import FunctionTransformer
 from threadpoolctl import threadpool_limits
 
 from triage import classifier
-from triage.classifier import Model, build_pipeline, normalise
+from triage.classifier import CHAR_N, TOKEN_PATTERN, Model, Scorer, prepare_all
 from triage.errors import SampleError
+from triage.evaluation import Scores, score_labels
 from triage.topics import LABELS, OTHER
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,56 @@ JOBS = 2
 # The grid the thresholds are chosen from.
 _THRESHOLDS = np.round(np.arange(0.20, 0.951, 0.025), 3)
 _MARGINS = np.round(np.arange(0.0, 0.501, 0.05), 3)
+
+
+def build_pipeline(*, c: float = 10.0, seed: int = classifier.SEED) -> Pipeline:
+    """The untrained pipeline: word 1-2-grams and character 4-grams, TF-IDF, logistic regression.
+
+    Character 4-grams within words scored as well as 3-5-grams on our held-out mail, at 1.5 times
+    the speed. ``compile`` turns the fitted pipeline into the ``Scorer`` that classifies.
+    """
+    words = Pipeline(
+        [
+            ("counts", CountVectorizer(lowercase=False, ngram_range=(1, 2), token_pattern=TOKEN_PATTERN)),
+            ("tfidf", TfidfTransformer(sublinear_tf=True)),
+        ]
+    )
+    chars = Pipeline(
+        [
+            (
+                "counts",
+                CountVectorizer(
+                    lowercase=False, analyzer="char_wb", ngram_range=(CHAR_N, CHAR_N),
+                    min_df=2, max_features=60000,
+                ),
+            ),
+            ("tfidf", TfidfTransformer(sublinear_tf=True)),
+        ]
+    )
+    return Pipeline(
+        [
+            ("prepare", FunctionTransformer(prepare_all)),
+            ("features", FeatureUnion([("words", words), ("chars", chars)])),
+            ("clf", LogisticRegression(C=c, max_iter=2000, tol=1e-3, class_weight="balanced", random_state=seed)),
+        ]
+    )
+
+
+def compile_pipeline(pipeline: Pipeline) -> Scorer:
+    """The fitted pipeline as plain data (vocabularies, IDF, coefficients)."""
+    union: FeatureUnion = pipeline.named_steps["features"]
+    branches = dict(union.transformer_list)
+    words, chars = branches["words"], branches["chars"]
+    clf: LogisticRegression = pipeline.named_steps["clf"]
+    return Scorer(
+        labels=tuple(str(c) for c in clf.classes_),
+        word_vocab={str(k): int(v) for k, v in words.named_steps["counts"].vocabulary_.items()},
+        word_idf=np.asarray(words.named_steps["tfidf"].idf_, dtype=float),
+        char_vocab={str(k): int(v) for k, v in chars.named_steps["counts"].vocabulary_.items()},
+        char_idf=np.asarray(chars.named_steps["tfidf"].idf_, dtype=float),
+        coef=np.asarray(clf.coef_, dtype=float),
+        intercept=np.asarray(clf.intercept_, dtype=float),
+    )
 
 
 @dataclass(frozen=True)
@@ -130,37 +184,6 @@ def digest(examples: Sequence[Example]) -> str:
     for ex in examples:
         h.update(f"{ex.label}\t{ex.text}\n".encode())
     return h.hexdigest()[:16]
-
-
-@dataclass
-class Scores:
-    """Per-label precision, recall, F1 and the summary figures of one evaluation."""
-
-    per_label: dict[str, tuple[float, float, float, int]]  # precision, recall, f1, support
-    macro_f1: float
-    confusions: list[tuple[str, str, int]]  # expected, predicted, count
-    reply_precision: float
-    coverage: float
-    replied: int
-    extra: dict[str, float] = field(default_factory=dict)
-
-
-def score_labels(expected: Sequence[str], predicted: Sequence[str]) -> tuple[dict[str, tuple[float, float, float, int]], float, list[tuple[str, str, int]]]:
-    """Per-label P/R/F1 over the labels that occur, their macro-F1, and the confusion pairs."""
-    labels = [label for label in LABELS if label in set(expected) | set(predicted)]
-    per: dict[str, tuple[float, float, float, int]] = {}
-    for label in labels:
-        tp = sum(1 for e, p in zip(expected, predicted, strict=True) if e == p == label)
-        fp = sum(1 for e, p in zip(expected, predicted, strict=True) if p == label != e)
-        fn = sum(1 for e, p in zip(expected, predicted, strict=True) if e == label != p)
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per[label] = (precision, recall, f1, tp + fn)
-    scored = [per[label][2] for label in labels if per[label][3] > 0]
-    macro = float(np.mean(scored)) if scored else 0.0
-    pairs = Counter((e, p) for e, p in zip(expected, predicted, strict=True) if e != p)
-    return per, macro, [(e, p, n) for (e, p), n in pairs.most_common()]
 
 
 def _replied(probs: np.ndarray, labels: list[str], threshold: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
@@ -266,7 +289,7 @@ def train(
         "thresholds": {"confidence": threshold, "margin": margin},
         "train_seconds": round(seconds, 1),
     }
-    model = Model(pipe, threshold=threshold, margin=margin, card=card)
+    model = Model(compile_pipeline(pipe), threshold=threshold, margin=margin, card=card)
     return TrainResult(model, scores, counts, seconds)
 
 
@@ -289,14 +312,14 @@ __all__ = [
     "CORRECTIONS",
     "PARAPHRASES",
     "Example",
-    "Scores",
     "TrainResult",
+    "build_pipeline",
     "check",
     "choose_thresholds",
+    "compile_pipeline",
     "digest",
     "load_data",
     "read_examples",
-    "score_labels",
     "train",
     "write_card",
 ]
