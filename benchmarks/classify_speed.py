@@ -80,7 +80,7 @@ def main() -> None:
     if not args.skip_train:
         started = time.perf_counter()
         env = {**os.environ, "TRIAGE_MODEL_PATH": str(Path("/tmp") / f"bench-{os.getpid()}.joblib")}
-        subprocess.run([sys.executable, "-m", "triage", "train", "--samples", ""], cwd=ROOT, check=True,
+        subprocess.run([sys.executable, "-m", "triage", "train", "--samples", "/nonexistent"], cwd=ROOT, check=True,
                        capture_output=True, env=env)
         print(f"`triage train`: {time.perf_counter() - started:.1f} s wall clock")
         Path(env["TRIAGE_MODEL_PATH"]).unlink(missing_ok=True)

@@ -159,3 +159,24 @@ def test_top_level_help_lists_every_command(capsys):
         assert command in out
 
 
+
+
+def test_evaluate_report_and_html(workdir, capsys):
+    page = workdir / "report.html"
+    assert main(["evaluate", str(SAMPLES), "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "macro-F1" in out and "reply precision" in out and "coverage" in out
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    assert "Confusion matrix" in html and 'class="matrix"' in html
+    assert "Precision and recall per label" in html and 'class="bar p"' in html
+    assert "Misclassified emails" in html
+    assert "<script" not in html  # self-contained and inert
+
+
+def test_evaluate_unlabelled_file_is_a_sample_error(workdir, capsys, tmp_path):
+    stray = tmp_path / "stray" / "x.eml"
+    stray.parent.mkdir()
+    stray.write_bytes((SAMPLES / "events-01.eml").read_bytes())
+    assert main(["evaluate", str(stray)]) == 1
+    assert "no label; add a row for it to labels.csv beside it" in capsys.readouterr().err

@@ -116,3 +116,15 @@ def test_garbage_model_file_is_refused(tmp_path):
     path.write_bytes(b"not a pickle")
     with pytest.raises(ModelError, match="cannot be read"):
         classifier.load(path)
+
+
+def test_compiled_scorer_matches_the_sklearn_pipeline():
+    examples = training.load_data(DATA)
+    texts, labels = [e.text for e in examples], [e.label for e in examples]
+    pipeline = training.build_pipeline().fit(texts, labels)
+    scorer = training.compile_pipeline(pipeline)
+    probe = texts[::97] + ["Step Lab won't show my mentors", "", "NQT induction: how to extend it?"]
+    expected = pipeline.predict_proba(probe)
+    got = scorer.probabilities([scorer.count(classifier.prepare(t)) for t in probe])
+    assert list(scorer.labels) == [str(c) for c in pipeline.classes_]
+    assert np.allclose(got, expected, atol=1e-9)

@@ -211,7 +211,8 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     if args.html:
         from triage.report import write_html
 
-        write_html(args.html, results, scores, model)
+        write_html(args.html, results, scores, model, title=", ".join(map(str, args.paths or ["samples/inbox"])),
+                   model_path=str(settings.model_path))
         print(f"\nwrote {args.html}")
     return 0
 
