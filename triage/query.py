@@ -147,6 +147,26 @@ def _automatic(message: Message, sender: str, support_address: str, subject: str
     return None
 
 
+# An address in angle brackets, for From headers too broken for parseaddr.
+_ANGLE_ADDRESS = re.compile(r"<\s*([^<>@\s]+@[^<>@\s]+\.[^<>@\s]+)\s*>")
+# What a usable address looks like: one @, a dot in the domain, no spaces or brackets.
+_USABLE_ADDRESS = re.compile(r"[^<>@\s\"(),:;]+@[^<>@\s\"(),:;\[\]]+\.[^<>@\s\"(),:;\[\]]+")
+
+
+def _address(header: str) -> tuple[str, str]:
+    """(display name, address) of a From-like header; the address is '' if none is usable."""
+    name, address = email.utils.parseaddr(header)
+    if not _USABLE_ADDRESS.fullmatch(address or ""):
+        found = _ANGLE_ADDRESS.search(header)
+        if found is None:
+            return name, ""
+        address = found.group(1)
+        name = header[: found.start()].strip().strip('"')
+        if not _USABLE_ADDRESS.fullmatch(address):
+            return name, ""
+    return name, address.lower()
+
+
 def _ids(value: str | None) -> tuple[str, ...]:
     return tuple(re.findall(r"<[^<>\s]+>", value or ""))
 
@@ -157,9 +177,8 @@ def parse(raw: bytes, *, support_address: str = "") -> Query:
     if not message.keys() or (not message.get("From") and not message.get("Subject")):
         return Query("", "", "", "", "", problem="not an email: no From or Subject header")
     subject = decode_header(message.get("Subject"))
-    sender_name, sender_address = email.utils.parseaddr(decode_header(message.get("From")))
-    sender_address = sender_address.lower()
-    _, reply_address = email.utils.parseaddr(decode_header(message.get("Reply-To")))
+    sender_name, sender_address = _address(decode_header(message.get("From")))
+    _, reply_address = _address(decode_header(message.get("Reply-To")))
     forwarded = bool(_FORWARD_PREFIX.match(subject))
     body = body_text(message)
     try:
@@ -181,7 +200,7 @@ def parse(raw: bytes, *, support_address: str = "") -> Query:
         automatic=_automatic(message, sender_address, support_address, subject),
         forwarded=forwarded,
         headers=headers,
-        problem=None if sender_address else "no sender address (From header missing or empty)",
+        problem=None if sender_address else "no usable sender address in the From header",
     )
 
 
