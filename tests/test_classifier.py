@@ -14,7 +14,7 @@ from triage.query import from_text
         ("Our ECTs haven't had any emails from Ambition, could they be in junk?", "missing-emails"),
         ("Can't make the training event next Tuesday, who should I let know?", "events"),
         ("How do we extend an ECT's induction because she is going part time?", "induction-length"),
-        ("Does my ECT lead need to do the step lab access form too?", "tutor-onboarding"),
+        ("Does my ECT lead need to complete the step lab access form too?", "tutor-onboarding"),
     ],
 )
 def test_single_topics(model, text, topic):

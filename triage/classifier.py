@@ -77,17 +77,21 @@ _ASKS = re.compile(
     r"none of|i haven't|we haven't|they haven't|i won't|i will not|i'm not able|i am not able)\b",
     re.IGNORECASE,
 )
+# A problem reported anywhere in a sentence asks for help as much as a question does.
+_REPORTS = re.compile(
+    r"\b(can't|cannot|can not|won't be able|unable|isn't showing|aren't showing|not showing|"
+    r"not appearing|isn't appearing|aren't appearing|haven't (?:had|received|got)|"
+    r"hasn't (?:had|received|got)|still (?:isn't|aren't|hasn't|haven't|can't|doesn't|don't))\b",
+    re.IGNORECASE,
+)
 # An indirect question anywhere in a sentence: "they are asking me how ...", "I'd like to know if".
 _ASKS_INDIRECT = re.compile(
     r"\b(ask(ing|ed)?|know|wonder(ing|ed)?|clarify|confirm|explain|tell (me|us)|advise|"
     r"unsure|not sure|unclear)\b.{0,40}?\b(how|what|who|where|when|why|which|whether|if)\b",
     re.IGNORECASE,
 )
-# An asking sentence this sure it is about none of the FAQ topics makes the email a human's,
-# unless some asking sentence supports the whole email's topic.
-_OTHER_SEGMENT = 0.75
 # A sentence this sure of a topic counts as asking it even without asking words.
-_SURE_SEGMENT = 0.9
+_SURE_SEGMENT = 0.85
 # When the whole email is unsure (two questions split its probability), asking sentences this
 # sure of the whole email's top topic let it be answered after all.
 _FALLBACK_SEGMENT = 0.8
@@ -107,7 +111,9 @@ def prepare(text: str) -> str:
 
 def asks(sentence: str) -> bool:
     """Whether a sentence asks or requests something (see ``_ASKS``)."""
-    return bool(_ASKS.search(sentence) or _ASKS_INDIRECT.search(sentence))
+    return bool(
+        _ASKS.search(sentence) or _ASKS_INDIRECT.search(sentence) or _REPORTS.search(sentence)
+    )
 
 
 def sentences_of(text: str) -> list[str]:
@@ -293,12 +299,10 @@ class Model:
         # asks something and is sure enough of one topic, or is very sure of it.
         first_seen: dict[str, int] = {}
         best_seen: dict[str, float] = {}
-        asks_other = False
         for position, row in enumerate(parts):
             best = int(np.argmax(row))
             name, value = labels[best], float(row[best])
             if name == OTHER:
-                asks_other = asks_other or (asking[position] and value >= _OTHER_SEGMENT)
                 continue
             if value < self.segment_threshold:
                 continue
@@ -315,8 +319,6 @@ class Model:
             and sum(1 for v in best_seen.values() if v >= _FALLBACK_SEGMENT) >= 2
         ):
             confident = True  # two questions split the whole; its sentences are clear
-        if confident and asks_other and label not in first_seen:
-            confident = False  # what it asks is not the FAQ's question, whatever its words
         topics: list[str] = []
         if confident:
             topics = [label]

@@ -167,7 +167,10 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     examples = training.load_data(settings.training_dir)
     print(f"training on {len(examples)} examples from {settings.training_dir}/", file=sys.stderr)
     result = training.train(
-        examples, seed=args.seed, progress=lambda msg: print(f"  {msg}", file=sys.stderr)
+        examples,
+        seed=args.seed,
+        fillers=training.load_fillers(settings.training_dir),
+        progress=lambda msg: print(f"  {msg}", file=sys.stderr),
     )
     model = result.model
     title = (

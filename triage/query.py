@@ -24,7 +24,8 @@ _AUTOMATIC_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress"
 # Sender local parts of machines (RFC 3834 s. 2: never reply to them).
 _MACHINE_SENDER = re.compile(
     r"^(mailer-daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|"
-    r"notifications?|auto[-_.]?reply|daemon)([-+_.].*)?$",
+    r"notifications?|notify|alerts?|auto[-_.]?reply|daemon|quarantine|digest|newsletters?|"
+    r"mailer|automated|system)([-+_.].*)?$",
     re.IGNORECASE,
 )
 # Subjects of auto-responders that set no header at all (Outlook, Gmail vacation, Exchange NDRs).

@@ -36,6 +36,9 @@ from triage.topics import LABELS, OTHER
 log = logging.getLogger(__name__)
 
 PARAPHRASES = "paraphrases.csv"
+FILLERS = "fillers.toml"
+# Each training text gets this many copies wrapped in realistic openings, context and closings.
+AUGMENT_COPIES = 1
 CORRECTIONS = "corrections.csv"
 # The data check: fewer examples than this for a topic (or for "other") is refused.
 MIN_PER_TOPIC = 60
@@ -179,6 +182,45 @@ def check(
     return counts
 
 
+@dataclass(frozen=True)
+class Fillers:
+    openings: tuple[str, ...]
+    context: tuple[str, ...]
+    closings: tuple[str, ...]
+
+
+def load_fillers(directory: Path) -> Fillers | None:
+    """The topic-neutral wrapping of ``fillers.toml``, or None when the file is absent."""
+    import tomllib
+
+    path = directory / FILLERS
+    if not path.is_file():
+        return None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return Fillers(
+            tuple(data["openings"]), tuple(data["context"]), tuple(data["closings"])
+        )
+    except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise SampleError(f"{path}: needs lists openings, context and closings ({exc})") from exc
+
+
+def augment(examples: Sequence[Example], fillers: Fillers, *, seed: int, copies: int = AUGMENT_COPIES) -> list[Example]:
+    """Copies of the examples set inside an email: an opening, one or two context sentences,
+    the text, and often a closing, the way real support mail arrives."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for ex in examples:
+        for n in range(copies):
+            opening = fillers.openings[rng.integers(len(fillers.openings))]
+            picked = rng.choice(len(fillers.context), size=int(rng.integers(1, 3)), replace=False)
+            context = " ".join(fillers.context[i] for i in picked)
+            closing = fillers.closings[rng.integers(len(fillers.closings))] if rng.random() < 0.6 else ""
+            body = "\n\n".join(part for part in (opening, context, ex.text, closing) if part)
+            out.append(Example(ex.label, body, f"{ex.source}+{n + 1}"))
+    return out
+
+
 def digest(examples: Sequence[Example]) -> str:
     h = hashlib.sha256()
     for ex in examples:
@@ -239,18 +281,32 @@ def train(
     folds: int = FOLDS,
     min_per_topic: int = MIN_PER_TOPIC,
     min_other: int = MIN_OTHER,
+    fillers: Fillers | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> TrainResult:
-    """Check the data, cross-validate, choose thresholds, and fit the final model on everything."""
+    """Check the data, cross-validate, choose thresholds, and fit the final model on everything.
+
+    With ``fillers``, every text also trains (and is tested) wrapped as an email; a text and
+    its wrapped copies always fall in the same fold.
+    """
     started = datetime.now(UTC)
     counts = check(examples, min_per_topic=min_per_topic, min_other=min_other)
-    texts = [ex.text for ex in examples]
-    truth = [ex.label for ex in examples]
+    wrapped = augment(examples, fillers, seed=seed) if fillers else []
+    copies = len(wrapped) // len(examples) if wrapped else 0
+    every = [*examples, *wrapped]
+    texts = [ex.text for ex in every]
+    truth = [ex.label for ex in every]
     labels = list(LABELS)
     probs = np.zeros((len(texts), len(labels)))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    splits = list(splitter.split(texts, truth))
-    progress(f"cross-validation: {folds} folds, {JOBS} at a time")
+    originals = [ex.label for ex in examples]
+
+    def _with_copies(idx: np.ndarray) -> list[int]:
+        n = len(examples)
+        return [*idx.tolist(), *(n + i * copies + c for i in idx.tolist() for c in range(copies))]
+
+    splits = [(_with_copies(tr), _with_copies(te)) for tr, te in splitter.split(originals, originals)]
+    progress(f"cross-validation: {folds} folds, {JOBS} at a time, {len(texts)} texts")
     fitted = Parallel(n_jobs=JOBS, prefer="processes")(
         delayed(_fold)([texts[i] for i in tr], [truth[i] for i in tr], [texts[i] for i in te])
         for tr, te in splits
@@ -272,6 +328,7 @@ def train(
         "trained_at": started.isoformat(timespec="seconds"),
         "data_digest": digest(examples),
         "examples": dict(counts),
+        "wrapped_copies": copies,
         "sources": sorted({ex.source.split(":")[0] for ex in examples}),
         "versions": {
             "python": platform.python_version(),
@@ -312,13 +369,16 @@ __all__ = [
     "CORRECTIONS",
     "PARAPHRASES",
     "Example",
+    "Fillers",
     "TrainResult",
+    "augment",
     "build_pipeline",
     "check",
     "choose_thresholds",
     "compile_pipeline",
     "digest",
     "load_data",
+    "load_fillers",
     "read_examples",
     "train",
     "write_card",
