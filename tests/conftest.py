@@ -56,3 +56,29 @@ def local_settings(tmp_path):
         replies_dir=REPLIES,
         training_dir=ROOT / "models" / "data",
     )
+
+
+# --- SMTP server ---
+
+
+@pytest.fixture(scope="session")
+def smtp_certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 and localhost: (cert.pem, key.pem)."""
+    from smtpserver import make_certificate
+
+    return make_certificate(tmp_path_factory.mktemp("smtp"))
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server (aiosmtpd) on 127.0.0.1, plain, for this test; it keeps what it
+    accepted (``received``), answers DATA from ``handler.answers``, and can be stopped and
+    started again on the same port."""
+    from smtpserver import LocalSmtpServer
+
+    server = LocalSmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -91,13 +91,20 @@ def may_send(decision: Decision, settings: Settings, journal: Journal, address: 
         return "the reply would go to the support address itself"
     for topic in decision.topics:
         if journal.sent_recently(address, topic, settings.reply_interval_days):
-            return f"{address} had an automatic reply about {topic} in the last {settings.reply_interval_days:g} days"
+            days = settings.reply_interval_days
+            return f"{address} had an automatic reply about {topic} in the last {days:g} days"
     if journal.sends_since(settings.circuit_minutes) >= settings.circuit_max_sends:
         return (
             f"circuit breaker: {settings.circuit_max_sends} automatic sends in "
             f"{settings.circuit_minutes:g} minutes"
         )
     return None
+
+
+def handoff(incoming: Incoming, settings: Settings) -> Mark:
+    """The mark that hands an original to a human: ``\\Flagged``, the hand-off keyword, and a
+    move to ``TRIAGE_IMAP_HANDOFF_FOLDER`` when it is set."""
+    return Mark(incoming, (TRIAGED_KEYWORD, HANDOFF_KEYWORD), True, settings.imap_handoff_folder)
 
 
 def plan(
@@ -122,12 +129,10 @@ def plan(
     for forward in reply.forwards:
         actions.append(Send(forward, f"forward to {forward['To']}", "forward"))
     if decision.action == "human":
-        actions.append(
-            Mark(incoming, (TRIAGED_KEYWORD, HANDOFF_KEYWORD), True, settings.imap_handoff_folder)
-        )
+        actions.append(handoff(incoming, settings))
     else:
         actions.append(Mark(incoming, (TRIAGED_KEYWORD,)))
     return actions
 
 
-__all__ = ["Action", "Mark", "SaveDraft", "Send", "may_send", "plan"]
+__all__ = ["Action", "Mark", "SaveDraft", "Send", "handoff", "may_send", "plan"]

@@ -16,7 +16,7 @@ from types import FrameType
 
 from triage import __version__, classifier, evaluation
 from triage.config import Settings, load_settings
-from triage.errors import ConfigError, SampleError, TriageError
+from triage.errors import ConfigError, ModelError, SampleError, TriageError
 from triage.journal import Journal
 from triage.mailbox import Mailbox
 from triage.maildir import DRAFTS, LocalMailbox
@@ -162,12 +162,19 @@ def _cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- train and evaluate
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from triage import training  # scikit-learn: imported only to train
+    from triage import learning, training  # scikit-learn: imported only to train
 
     examples = training.load_data(settings.training_dir)
-    print(f"training on {len(examples)} examples from {settings.training_dir}/", file=sys.stderr)
+    trained_on, held_out = learning.gate_split(examples)  # held-out corrections: never trained on
+    if args.samples:
+        held_out += learning.held_out_emails(args.samples, support_address=settings.support_address)
+    print(
+        f"training on {len(trained_on)} of {len(examples)} examples from "
+        f"{settings.training_dir}/ ({len(held_out)} held out for the gate)",
+        file=sys.stderr,
+    )
     result = training.train(
-        examples,
+        trained_on,
         seed=args.seed,
         fillers=training.load_fillers(settings.training_dir),
         progress=lambda msg: print(f"  {msg}", file=sys.stderr),
@@ -192,6 +199,24 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             "coverage": round(scores.coverage, 4),
             **{k: round(v, 4) for k, v in scores.extra.items()},
         }
+    model.card["gate"] = learning.card_entry(trained_on, held_out)
+    installed = None
+    if settings.model_path.exists():
+        try:
+            installed = classifier.load(settings.model_path)
+        except ModelError as exc:
+            print(f"the installed model is not compared: {exc}", file=sys.stderr)
+    print()
+    lines, accept = learning.compare(model, installed, held_out)
+    for line in lines:
+        print(line)
+    if not accept:
+        if not args.force:
+            raise ModelError(
+                f"{settings.model_path}: kept the installed model, the new one is worse on the "
+                "held-out data; fix the training data, or run 'triage train --force' to install it"
+            )
+        print("installing it anyway (--force)")
     classifier.save(model, settings.model_path)
     card = training.write_card(model, settings.model_path)
     print(f"\nwrote {settings.model_path} and {card} in {result.seconds:.1f} s")
@@ -279,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check the training data, cross-validate, choose the thresholds, "
                        "write the model and its card to models/.")
     p.add_argument("--seed", type=int, default=classifier.SEED, help="random seed (default: fixed)")
+    p.add_argument("--force", action="store_true",
+                   help="install the new model even when it is worse than the installed one")
     p.add_argument("--samples", type=Path, default=Path("samples/inbox"), metavar="DIR",
                    help="held-out labelled emails to report on (never trained on; default samples/inbox)")
     p.set_defaults(func=_cmd_train)

@@ -56,6 +56,8 @@ _FLAG = re.compile(r"\\?[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+")
 _SEARCHABLE = re.compile(r"[\x20-\x7e]+")
 _UNSAFE_IN_SEARCH = re.compile(r"[(){%*\]]")
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
+# RFC 4315: after MULTIAPPEND, APPENDUID carries a set of UIDs, in the order of the messages.
+_APPENDUID_SET = re.compile(rb"\[APPENDUID (\d+) ([\d:,]+)\]")
 # Dovecot appends timings to every tagged reply: "... (0.001 + 0.000 secs)."
 _TIMING = re.compile(r"\s*\(\d+\.\d+ \+ \d+\.\d+(?: \+ \d+\.\d+)? secs\)\.?$")
 
@@ -205,6 +207,38 @@ class ImapMailbox:
         """APPEND to Drafts with ``\\Draft`` and ``\\Seen``; say where it went: "Drafts uid 7"."""
         folder = self.special_folder(b"\\Drafts", self.drafts_folder)
         return self.append(folder, _as_bytes(message), flags=(_DRAFT, _SEEN))
+
+    def save_drafts(self, messages: Sequence[EmailMessage]) -> list[str]:
+        """``save_draft`` for many drafts in one MULTIAPPEND (RFC 3502: all are stored or none
+        is); where each went, in order. One round trip instead of one per draft."""
+        folder = self.special_folder(b"\\Drafts", self.drafts_folder)
+        return self.append_many(folder, [_as_bytes(m) for m in messages], flags=(_DRAFT, _SEEN))
+
+    def mark_many(
+        self, originals: Sequence[Incoming], keywords: Iterable[str], *, flagged: bool = False
+    ) -> None:
+        """``mark`` for many originals of one folder: one UID STORE for them all."""
+        flags = [_flag(keyword) for keyword in keywords]
+        if flagged:
+            flags.append(_FLAGGED)
+        if not flags or not originals:
+            return
+        first = originals[0]
+        if any((o.folder, o.uidvalidity) != (first.folder, first.uidvalidity) for o in originals):
+            raise ValueError("mark_many marks messages of one folder and UIDVALIDITY")
+
+        def mark(client: Any) -> None:
+            self._select_for(client, first)
+            uids = [int(o.uid) for o in originals]
+            stored = client.add_flags(uids, flags)
+            missing = [uid for uid in uids if uid not in stored]
+            if missing:  # flags already there (Dovecot is silent then), or the message is gone
+                present = set(client.search(["UID", ",".join(map(str, missing))]))
+                for original in originals:
+                    if int(original.uid) in missing and int(original.uid) not in present:
+                        raise self._gone(original)
+
+        self._call(f"flag {len(originals)} messages in {first.folder!r}", mark, idempotent=True)
 
     def find_draft(self, source_message_id: str) -> bool:
         """Whether Drafts holds a message (not ``\\Deleted``) with this ``X-Triage-Source``."""
@@ -359,6 +393,37 @@ class ImapMailbox:
         where = f"{folder} uid {int(match[2])}" if match else folder
         log.debug("appended %d bytes to %s", len(msg_bytes), where)
         return where
+
+    def append_many(
+        self, folder: str, raws: Sequence[bytes], flags: Sequence[str | bytes] = ()
+    ) -> list[str]:
+        """APPEND many raw messages in one MULTIAPPEND (one by one without the capability):
+        where each went, in order ("Drafts uid 7"; the folder alone if the server does not say)."""
+        if not raws:
+            return []
+        checked = [_flag(flag) for flag in flags]
+        self.ensure_folder(folder)
+        if not self._call("check capabilities", lambda c: c.has_capability("MULTIAPPEND"),
+                          idempotent=True):
+            return [self.append(folder, raw, flags=checked) for raw in raws]
+        try:
+            reply = self._call(
+                f"save {len(raws)} messages in {folder!r}",
+                lambda client: client.multiappend(
+                    folder, [{"msg": raw, "flags": checked} for raw in raws]
+                ),
+                idempotent=False,
+            )
+        except MailboxError:
+            self._existing.discard(folder)
+            raise
+        text = b" ".join(x for x in _flatten(reply) if isinstance(x, bytes))
+        match = _APPENDUID_SET.search(text)
+        uids = _uid_set(match[2].decode()) if match else []
+        if len(uids) != len(raws):
+            return [folder] * len(raws)
+        log.debug("appended %d messages to %s", len(raws), folder)
+        return [f"{folder} uid {uid}" for uid in uids]
 
     def ensure_folder(self, name: str) -> None:
         """Create ``name`` and any missing parents (split at the server's delimiter); subscribe."""
@@ -648,6 +713,176 @@ class ImapMailbox:
                 return
             if stop is not None and stop.is_set():
                 return
+
+    # --- staff review and the learning loop (``triage review``, ``triage learn``) ---------------
+
+    def _uids_with_header(self, client: Any, name: str, wanted: str) -> list[int]:
+        """UIDs (not ``\\Deleted``) in the selected folder whose header ``name`` is exactly
+        ``wanted``; HEADER search narrows, the fetched header decides (as ``_has_header``)."""
+        if _SEARCHABLE.fullmatch(wanted) and not _UNSAFE_IN_SEARCH.search(wanted):
+            needle = wanted
+        else:
+            needle = ""
+        uids = client.search(["UNDELETED", "HEADER", name, needle])
+        if not uids:
+            return []
+        section = f"BODY.PEEK[HEADER.FIELDS ({name.upper()})]"
+        found: set[int] = set()
+        for uid, data in client.fetch(uids, [section]).items():
+            for key, value in data.items():
+                if not key.startswith(b"BODY[HEADER") or not value:
+                    continue
+                header = BytesHeaderParser().parsebytes(bytes(value))
+                if any(" ".join(str(v).split()) == wanted for v in header.get_all(name) or ()):
+                    found.add(int(uid))
+        return sorted(found)
+
+    def get_draft(self, source_message_id: str) -> bytes | None:
+        """The newest draft whose ``X-Triage-Source`` is this Message-ID, as raw bytes."""
+        wanted = " ".join(source_message_id.split())
+        if not wanted:
+            raise ValueError("get_draft needs a Message-ID; an empty one matches every draft")
+
+        def get(client: Any) -> bytes | None:
+            folder = self._special_folder(client, b"\\Drafts", self.drafts_folder)
+            if not client.folder_exists(folder):
+                return None
+            self._select(client, folder, readonly=True, force=True)
+            uids = self._uids_with_header(client, SOURCE_HEADER, wanted)
+            if not uids:
+                return None
+            raw = client.fetch([uids[-1]], [b"BODY.PEEK[]"]).get(uids[-1], {}).get(b"BODY[]")
+            return None if raw is None else bytes(raw)
+
+        return self._call("read a draft", get, idempotent=True)
+
+    def delete_draft(self, source_message_id: str) -> int:
+        """Remove every draft whose ``X-Triage-Source`` is this Message-ID; how many there were."""
+        wanted = " ".join(source_message_id.split())
+        if not wanted:
+            raise ValueError("delete_draft needs a Message-ID; an empty one matches every draft")
+
+        def delete(client: Any) -> int:
+            folder = self._special_folder(client, b"\\Drafts", self.drafts_folder)
+            if not client.folder_exists(folder):
+                return 0
+            self._select(client, folder, force=True)
+            uids = self._uids_with_header(client, SOURCE_HEADER, wanted)
+            if not uids:
+                return 0
+            client.add_flags(uids, [_DELETED], silent=True)
+            if client.has_capability("UIDPLUS"):
+                client.uid_expunge(uids)
+            else:
+                client.expunge()  # Drafts: other \Deleted drafts go too, as a mail client would
+            return len(uids)
+
+        # Safe to repeat: a second try finds only the drafts the first one left.
+        return self._call("delete a draft", delete, idempotent=True)
+
+    def subfolder(self, *parts: str) -> str:
+        """A folder name from its hierarchy parts: ``Triage/events`` (the server's delimiter)."""
+        return self.folder_path(*parts)
+
+    def has_folder(self, name: str) -> bool:
+        return bool(
+            self._call("list folders", lambda client: client.folder_exists(name), idempotent=True)
+        )
+
+    def create_folder(self, name: str) -> bool:
+        """Create (and subscribe) a folder and its parents; False when it was there already."""
+        existed = self.has_folder(name)
+        self.ensure_folder(name)
+        return not existed
+
+    def read_folder(self, name: str) -> Iterator[Incoming]:
+        """Every message (not ``\\Deleted``) of a folder, in UID order, read with BODY.PEEK[]."""
+
+        def listing(client: Any) -> tuple[int, list[int]]:
+            if not client.folder_exists(name):
+                return 0, []
+            info = self._select(client, name, readonly=True, force=True)
+            uids = sorted(int(uid) for uid in client.search(["UNDELETED"]))
+            return self._uidvalidity(info, name), uids
+
+        uidvalidity, uids = self._call(f"list the messages in {name!r}", listing, idempotent=True)
+
+        def fetch(client: Any, batch: list[int]) -> dict[int, Any]:
+            info = self._select(client, name, readonly=True)
+            if self._uidvalidity(info, name) != uidvalidity:
+                raise MailboxError(
+                    f"imap {self._where}: {name!r} changed its UIDVALIDITY while being read; "
+                    "run the command again"
+                )
+            return dict(client.fetch(batch, [b"BODY.PEEK[]"]))
+
+        for start in range(0, len(uids), FETCH_BATCH):
+            batch = uids[start : start + FETCH_BATCH]
+            found = self._call(
+                f"fetch messages from {name!r}", partial(fetch, batch=batch), idempotent=True
+            )
+            for uid in batch:
+                raw = found.get(uid, {}).get(b"BODY[]")
+                if raw is not None:
+                    yield Incoming(name, uidvalidity, str(uid), bytes(raw))
+
+    def sent_folder(self) -> str:
+        """The special-use ``\\Sent`` folder (else ``Sent``), created when missing."""
+        return self.special_folder(b"\\Sent", "Sent")
+
+    def save_sent(self, raw: bytes) -> str:
+        """APPEND a copy of a sent message to the Sent folder, ``\\Seen``; say where it went."""
+        return self.append(self.sent_folder(), raw, flags=(_SEEN,))
+
+    def fetch_original(
+        self, folder: str, uidvalidity: int, uid: str, message_id: str = ""
+    ) -> Incoming | None:
+        """A message by UID in ``folder`` while UIDVALIDITY holds (and its Message-ID matches),
+        else the one there with this Message-ID; None when it is in neither place."""
+        wanted = " ".join(message_id.split())
+
+        def fetch_one(client: Any, found_uid: int) -> bytes | None:
+            raw = client.fetch([found_uid], [b"BODY.PEEK[]"]).get(found_uid, {}).get(b"BODY[]")
+            return None if raw is None else bytes(raw)
+
+        def find(client: Any) -> Incoming | None:
+            if not client.folder_exists(folder):
+                return None
+            info = self._select(client, folder, readonly=True, force=True)
+            current = self._uidvalidity(info, folder)
+            if current == uidvalidity and uid.isdigit() and int(uid) > 0:
+                raw = fetch_one(client, int(uid))
+                if raw is not None:
+                    found_id = BytesHeaderParser().parsebytes(raw).get("Message-ID", "")
+                    if not wanted or " ".join(str(found_id).split()) == wanted:
+                        return Incoming(folder, current, uid, raw)
+            if wanted:
+                for found_uid in self._uids_with_header(client, "Message-ID", wanted):
+                    raw = fetch_one(client, found_uid)
+                    if raw is not None:
+                        return Incoming(folder, current, str(found_uid), raw)
+            return None
+
+        return self._call(f"look for a message in {folder!r}", find, idempotent=True)
+
+
+def _flatten(value: Any) -> Iterator[Any]:
+    """The atoms of a reply that may be nested tuples and lists (imapclient's multiappend)."""
+    if isinstance(value, tuple | list):
+        for item in value:
+            yield from _flatten(item)
+    else:
+        yield value
+
+
+def _uid_set(text: str) -> list[int]:
+    """``5:7,9`` -> [5, 6, 7, 9] (RFC 3501 sequence set, as UIDPLUS reports it)."""
+    uids: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition(":")
+        first, last = sorted((int(low), int(high or low)))
+        uids.extend(range(first, last + 1))
+    return uids
 
 
 def _is_loopback(host: str) -> bool:

@@ -91,14 +91,51 @@ def _v2(db: sqlite3.Connection) -> None:
     )
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    """Staff review: what became of each draft (reviews), and the text of each draft as written
+    (drafts), so that what staff sent can be compared with what we drafted."""
+    _script(
+        db,
+        """
+        CREATE TABLE reviews (
+            id INTEGER PRIMARY KEY,
+            entry_id INTEGER NOT NULL,          -- messages.id of the original
+            verdict TEXT NOT NULL,              -- unchanged | changed | discarded | corrected
+            model_topics TEXT NOT NULL DEFAULT '',  -- what the model drafted for (first review's)
+            topics TEXT NOT NULL DEFAULT '',    -- corrected: the right topics, comma-separated
+            similarity REAL,                    -- sent text vs draft text, 0..1, NULL: unknown
+            sent_message_id TEXT NOT NULL DEFAULT '',
+            source TEXT NOT NULL DEFAULT '',    -- approve | correct | discard | learn
+            created_at TEXT NOT NULL,
+            UNIQUE (entry_id, verdict, sent_message_id)
+        );
+        CREATE INDEX reviews_entry ON reviews (entry_id);
+        CREATE TABLE drafts (
+            id INTEGER PRIMARY KEY,
+            entry_id INTEGER,                   -- messages.id of the original, when known
+            source_id TEXT NOT NULL,            -- the original's Message-ID (X-Triage-Source)
+            message_id TEXT NOT NULL DEFAULT '',  -- the draft's own Message-ID
+            topics TEXT NOT NULL DEFAULT '',
+            text TEXT NOT NULL,                 -- the draft's text body as it was written
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX drafts_source ON drafts (source_id)
+        """
+    )
+
+
 # Ordered migrations: the schema is at version N once the first N have run.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
 
 # Outbox queue statuses: "sending" is written before the SMTP transaction and "sent" after it,
 # so a row found in "sending" after a restart has an unknown outcome and is sent again.
 QUEUE_STATUSES = ("queued", "sending", "sent", "refused")
 
 STATUSES = ("pending", "done", "failed")
+
+# What staff did with a draft, from best to worst: sent as drafted, sent after editing it,
+# thrown away, or relabelled. An entry's verdict is the worst one recorded for it.
+VERDICTS = ("unchanged", "changed", "discarded", "corrected")
 
 
 @dataclass(frozen=True)
@@ -121,6 +158,21 @@ class Entry:
     error: str
     created_at: str
     updated_at: str
+
+
+@dataclass(frozen=True)
+class Review:
+    """One thing staff did with an entry's draft (``triage review``, ``triage learn``)."""
+
+    id: int
+    entry_id: int
+    verdict: str
+    model_topics: tuple[str, ...]
+    topics: tuple[str, ...]
+    similarity: float | None
+    sent_message_id: str
+    source: str
+    created_at: str
 
 
 @dataclass(frozen=True)
@@ -296,6 +348,8 @@ class Journal:
         )
 
     def sent_recently(self, address: str, topic: str, days: float) -> bool:
+        if days <= 0:  # no interval: every message may have its automatic reply
+            return False
         since = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="seconds")
         row = self.db.execute(
             "SELECT 1 FROM sends WHERE address = ? AND topic = ? AND sent_at >= ? LIMIT 1",
@@ -375,9 +429,9 @@ class Journal:
         return [_queued(r) for r in rows]
 
     def queue_entries(self, *, status: str | None = None) -> list[QueuedMail]:
-        sql, params = "SELECT * FROM outbox", ()
+        sql, params = "SELECT * FROM outbox", []
         if status:
-            sql, params = sql + " WHERE status = ?", (status,)
+            sql, params = sql + " WHERE status = ?", [status]
         return [_queued(r) for r in self.db.execute(sql + " ORDER BY id", params)]
 
     def queue_sending(self, queue_id: int) -> None:
@@ -452,6 +506,80 @@ class Journal:
     def __iter__(self) -> Iterator[Entry]:
         return (_entry(r) for r in self.db.execute("SELECT * FROM messages ORDER BY id"))
 
+    # --- what staff did with the drafts
+    def record_review(
+        self,
+        entry_id: int,
+        verdict: str,
+        *,
+        topics: Iterable[str] = (),
+        similarity: float | None = None,
+        sent_message_id: str = "",
+        source: str = "",
+    ) -> bool:
+        """Record a verdict on an entry's draft; False when this one was recorded already (a
+        correction to other topics replaces the earlier correction's topics).
+
+        ``model_topics`` is what the model drafted for: the entry's topics at its first review,
+        kept when a correction later changes the entry's topics.
+        """
+        if verdict not in VERDICTS:
+            raise ValueError(f"unknown verdict {verdict!r}")
+        first = self.db.execute(
+            "SELECT model_topics FROM reviews WHERE entry_id = ? ORDER BY id LIMIT 1", (entry_id,)
+        ).fetchone()
+        if first is not None:
+            model_topics = str(first[0])
+        else:
+            entry = self.get(entry_id)
+            model_topics = ",".join(entry.topics) if entry else ""
+        cursor = self._write(
+            """
+            INSERT INTO reviews (entry_id, verdict, model_topics, topics, similarity,
+                                 sent_message_id, source, created_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (entry_id, verdict, sent_message_id) DO UPDATE SET
+                topics = excluded.topics, created_at = excluded.created_at
+            WHERE topics != excluded.topics
+            """,
+            (entry_id, verdict, model_topics, ",".join(topics), similarity, sent_message_id,
+             source, _now()),
+        )
+        return cursor.rowcount > 0
+
+    def reviews(self, entry_id: int | None = None) -> list[Review]:
+        """The reviews of one entry (or of all), oldest first."""
+        if entry_id is None:
+            rows = self.db.execute("SELECT * FROM reviews ORDER BY id")
+        else:
+            rows = self.db.execute(
+                "SELECT * FROM reviews WHERE entry_id = ? ORDER BY id", (entry_id,)
+            )
+        return [_review(r) for r in rows]
+
+    def record_draft(
+        self,
+        source_id: str,
+        text: str,
+        *,
+        entry_id: int | None = None,
+        message_id: str = "",
+        topics: Iterable[str] = (),
+    ) -> None:
+        """Keep the text of a draft as it was written, to compare with what staff send."""
+        self._write(
+            "INSERT INTO drafts (entry_id, source_id, message_id, topics, text, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (entry_id, source_id, message_id, ",".join(topics), text, _now()),
+        )
+
+    def draft_text(self, source_id: str) -> str | None:
+        """The text of the latest draft recorded for this original's Message-ID, if any."""
+        row = self.db.execute(
+            "SELECT text FROM drafts WHERE source_id = ? ORDER BY id DESC LIMIT 1", (source_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
 
@@ -488,6 +616,20 @@ def _entry(row: sqlite3.Row) -> Entry:
     )
 
 
+def _review(row: sqlite3.Row) -> Review:
+    return Review(
+        id=row["id"],
+        entry_id=row["entry_id"],
+        verdict=row["verdict"],
+        model_topics=tuple(t for t in row["model_topics"].split(",") if t),
+        topics=tuple(t for t in row["topics"].split(",") if t),
+        similarity=row["similarity"],
+        sent_message_id=row["sent_message_id"],
+        source=row["source"],
+        created_at=row["created_at"],
+    )
+
+
 def _queued(row: sqlite3.Row) -> QueuedMail:
     return QueuedMail(
         id=row["id"],
@@ -511,4 +653,13 @@ def _queued(row: sqlite3.Row) -> QueuedMail:
     )
 
 
-__all__ = ["MIGRATIONS", "QUEUE_STATUSES", "STATUSES", "Entry", "Journal", "QueuedMail"]
+__all__ = [
+    "MIGRATIONS",
+    "QUEUE_STATUSES",
+    "STATUSES",
+    "VERDICTS",
+    "Entry",
+    "Journal",
+    "QueuedMail",
+    "Review",
+]

@@ -71,5 +71,49 @@ class Mailbox(Protocol):
         """Log out or release the mailbox."""
         ...
 
+    # --- staff review and the learning loop (``triage review``, ``triage learn``)
+
+    def get_draft(self, source_message_id: str) -> bytes | None:
+        """The newest draft whose ``X-Triage-Source`` is this Message-ID, raw; None if none."""
+        ...
+
+    def delete_draft(self, source_message_id: str) -> int:
+        """Remove the drafts whose ``X-Triage-Source`` is this Message-ID; how many there were."""
+        ...
+
+    def subfolder(self, *parts: str) -> str:
+        """A folder name from hierarchy parts: ``Triage/events`` (IMAP), ``Triage.events``."""
+        ...
+
+    def has_folder(self, name: str) -> bool:
+        """Whether the folder exists."""
+        ...
+
+    def create_folder(self, name: str) -> bool:
+        """Create a folder (and its parents); False when it was there already."""
+        ...
+
+    def read_folder(self, name: str) -> Iterator[Incoming]:
+        """Every message of a folder, oldest first, without changing any (none if no folder)."""
+        ...
+
+    def sent_folder(self) -> str:
+        """The name of the Sent folder (IMAP special-use ``\\Sent``)."""
+        ...
+
+    def save_sent(self, raw: bytes) -> str:
+        """File a copy of a sent message in the Sent folder; say where it went."""
+        ...
+
+    def holds(self, folder: str, message_id: str) -> bool:
+        """Whether ``folder`` holds a message with this Message-ID."""
+        ...
+
+    def fetch_original(
+        self, folder: str, uidvalidity: int, uid: str, message_id: str = ""
+    ) -> Incoming | None:
+        """A message by its uid in ``folder``, else by its Message-ID there; None if gone."""
+        ...
+
 
 __all__ = ["HANDOFF_KEYWORD", "SOURCE_HEADER", "TRIAGED_KEYWORD", "Incoming", "Mailbox"]

@@ -165,5 +165,98 @@ class LocalMailbox:
         with contextlib.suppress(Exception):
             self._root.close()
 
+    # --- staff review and the learning loop (``triage review``, ``triage learn``) ---------------
+
+    def _files(self, folder: str) -> list[Path]:
+        """The message files of a folder, oldest delivery first (none if it does not exist)."""
+        directory = self.folder_path(folder)
+        found = [
+            path
+            for sub in ("new", "cur")
+            if (directory / sub).is_dir()
+            for path in (directory / sub).iterdir()
+            if path.is_file() and not path.name.startswith(".")
+        ]
+        return sorted(found, key=lambda path: _key_order(path.name.split(":", 1)[0]))
+
+    def _header(self, path: Path, name: str) -> str:
+        with open(path, "rb") as fh:
+            return " ".join(str(BytesHeaderParser().parse(fh).get(name, "")).split())
+
+    def _drafts_for(self, source_message_id: str) -> list[Path]:
+        wanted = " ".join(source_message_id.split())
+        if not wanted:
+            raise ValueError("a draft is found by a Message-ID; an empty one matches every draft")
+        return [p for p in self._files(DRAFTS) if self._header(p, SOURCE_HEADER) == wanted]
+
+    def get_draft(self, source_message_id: str) -> bytes | None:
+        """The newest draft whose ``X-Triage-Source`` is this Message-ID, as raw bytes."""
+        paths = self._drafts_for(source_message_id)
+        return paths[-1].read_bytes() if paths else None
+
+    def delete_draft(self, source_message_id: str) -> int:
+        """Remove every draft whose ``X-Triage-Source`` is this Message-ID; how many there were."""
+        paths = self._drafts_for(source_message_id)
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):  # a mail program removed it meanwhile
+                path.unlink()
+        return len(paths)
+
+    def subfolder(self, *parts: str) -> str:
+        """A folder name from its hierarchy parts: ``Triage.events`` (Maildir++ uses dots)."""
+        return ".".join(parts)
+
+    def has_folder(self, name: str) -> bool:
+        return name.upper() == INBOX or (self.folder_path(name) / "cur").is_dir()
+
+    def create_folder(self, name: str) -> bool:
+        """Create a folder (``.Name`` beside INBOX); False when it was there already."""
+        existed = self.has_folder(name)
+        if not existed:
+            self._folder(name)
+        return not existed
+
+    def read_folder(self, name: str) -> Iterator[Incoming]:
+        """Every message of a folder, oldest first, read without changing it."""
+        for path in self._files(name):
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:  # moved by a mail program since the listing
+                continue
+            yield Incoming(name, MAILDIR_UIDVALIDITY, path.name.split(":", 1)[0], raw)
+
+    def sent_folder(self) -> str:
+        return SENT
+
+    def save_sent(self, raw: bytes) -> str:
+        """File a copy of a sent message in ``.Sent`` (seen); say where it went."""
+        key = self.add(raw, folder=SENT, flags="S")
+        return f"{self.folder_path(SENT)}/cur/{key}:2,S"
+
+    def holds(self, folder: str, message_id: str) -> bool:
+        """Whether ``folder`` holds a message with this Message-ID."""
+        wanted = " ".join(message_id.split())
+        if not wanted:
+            raise ValueError("holds needs a Message-ID; an empty one matches every message")
+        return any(self._header(p, "Message-ID") == wanted for p in self._files(folder))
+
+    def fetch_original(
+        self, folder: str, uidvalidity: int, uid: str, message_id: str = ""
+    ) -> Incoming | None:
+        """A message by its key in ``folder`` (Maildir keys survive a move between folders), else
+        the one there with this Message-ID; None when it is in neither place."""
+        if not self.has_folder(folder):
+            return None
+        wanted = " ".join(message_id.split())
+        for path in self._files(folder):
+            if path.name.split(":", 1)[0] == uid:
+                return Incoming(folder, MAILDIR_UIDVALIDITY, uid, path.read_bytes())
+        if wanted:
+            for path in self._files(folder):
+                if self._header(path, "Message-ID") == wanted:
+                    key = path.name.split(":", 1)[0]
+                    return Incoming(folder, MAILDIR_UIDVALIDITY, key, path.read_bytes())
+        return None
+
 
 __all__ = ["DRAFTS", "INBOX", "MAILDIR_UIDVALIDITY", "OUTBOX", "SENT", "LocalMailbox"]

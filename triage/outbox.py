@@ -23,13 +23,13 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from triage.config import Settings
 from triage.errors import MailboxError
 from triage.journal import Journal, QueuedMail
 from triage.mailbox import Incoming, Mailbox
-from triage.maildir import OUTBOX, SENT, LocalMailbox
+from triage.maildir import OUTBOX, LocalMailbox
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,8 @@ class SmtpOutbox:
         where = self.description
         headers = BytesHeaderParser().parsebytes(raw)
         sender = parseaddr(str(headers.get("From", "")))[1]
-        recipients = [
-            address
-            for _, address in getaddresses([str(v) for k in ("To", "Cc") for v in headers.get_all(k) or ()])
-            if address
-        ]
+        fields = [str(v) for name in ("To", "Cc") for v in headers.get_all(name) or ()]
+        recipients = [address for _, address in getaddresses(fields) if address]
         if not recipients:
             raise SendError(f"{where}: the message has no recipient", temporary=False)
         try:
@@ -249,6 +246,7 @@ class OutboxQueue:
         self.retry_start = retry_start
         self.retry_cap = retry_cap
         self._server_down = False  # a connection failed during this pass: queue, do not try
+        self._retry_at = 0.0  # when the server is tried again after that failure
 
     @property
     def description(self) -> str:
@@ -285,7 +283,9 @@ class OutboxQueue:
         if item.status == "refused":
             return Delivery(item, "refused", item.last_error)
         if self._server_down:
-            return Delivery(item, "queued", "queued: the server was unreachable in this pass")
+            reason = f"queued: {self.outbox.description} was unreachable in this pass"
+            self.journal.queue_deferred(item.id, error=reason, next_attempt_at=self._retry_at)
+            return Delivery(self._reload(item), "queued", reason)
         return self._attempt(item, mailbox)
 
     def flush(self, mailbox: Mailbox | None, *, now: float | None = None) -> list[Delivery]:
@@ -299,16 +299,19 @@ class OutboxQueue:
             else:
                 deliveries.append(Delivery(item, "refused", item.last_error))
         for item in self.journal.queue_due(time.time() if now is None else now):
+            if self._server_down:  # the rest wait as long as the item that found it down
+                self.journal.queue_deferred(
+                    item.id, error=item.last_error or "server unreachable",
+                    next_attempt_at=self._retry_at,
+                )
+                continue
             if item.status == "sending":
                 log.warning(
                     "outbox: %s to %s may or may not have been sent before a crash; sending it "
                     "again (receivers can drop the copy by its Message-ID)",
                     item.message_id, item.recipient,
                 )
-            delivery = self._attempt(item, mailbox)
-            deliveries.append(delivery)
-            if self._server_down:
-                break
+            deliveries.append(self._attempt(item, mailbox))
         return deliveries
 
     def next_due(self) -> float | None:
@@ -324,14 +327,15 @@ class OutboxQueue:
                 attempts = item.attempts + 1
                 pause = min(self.retry_cap, self.retry_start * 2 ** (attempts - 1))
                 pause *= random.uniform(0.5, 1.0)
-                self.journal.queue_deferred(item.id, error=str(exc), next_attempt_at=time.time() + pause)
+                retry_at = time.time() + pause
+                self.journal.queue_deferred(item.id, error=str(exc), next_attempt_at=retry_at)
                 if exc.code is None:
-                    self._server_down = True
+                    self._server_down, self._retry_at = True, retry_at
                 log.warning(
-                    "outbox: %s to %s not sent (%s); try %d again in %.0f s",
+                    "outbox: %s to %s not sent (%s); attempt %d in %.1f s",
                     item.kind, item.recipient, exc, attempts + 1, pause,
                 )
-                return Delivery(self._reload(item), "queued", f"queued: {exc}")
+                return Delivery(self._reload(item), "queued", f"queued ({exc})")
             self.journal.queue_refused(item.id, error=str(exc))
             log.error("outbox: %s to %s refused: %s", item.kind, item.recipient, exc)
             return Delivery(self._reload(item), "refused", str(exc))
@@ -341,7 +345,7 @@ class OutboxQueue:
         log.info("outbox: %s sent to %s via %s", item.kind, item.recipient, where)
         item = self._reload(item)
         self._copy(item, mailbox)
-        return Delivery(item, "sent", f"{where} as {item.message_id}")
+        return Delivery(item, "sent", f"sent via {where} as {item.message_id}")
 
     def _reload(self, item: QueuedMail) -> QueuedMail:
         return self.journal.queue_get(item.id) or item
@@ -358,25 +362,21 @@ class OutboxQueue:
                 self.journal.queue_copied(item.id, -1)
                 _save_sent(mailbox, item.raw)
         except MailboxError as exc:
-            log.warning("outbox: no copy of %s in Sent yet (%s); trying again later", item.message_id, exc)
+            log.warning(
+                "outbox: no copy of %s in Sent yet (%s); trying again later", item.message_id, exc
+            )
             return
         self.journal.queue_copied(item.id, 1)
 
 
-def _save_sent(mailbox: Any, raw: bytes) -> None:
+def _save_sent(mailbox: Mailbox, raw: bytes) -> None:
     """APPEND to the special-use ``\\Sent`` folder (IMAP), or add to ``.Sent`` (Maildir)."""
-    if hasattr(mailbox, "append") and hasattr(mailbox, "special_folder"):
-        mailbox.append(mailbox.special_folder(b"\\Sent", SENT), raw, flags=["\\Seen"])
-    elif hasattr(mailbox, "add"):
-        mailbox.add(raw, folder=SENT, flags="S")
+    mailbox.save_sent(raw)
 
 
-def _holds(mailbox: Any, message_id: str) -> bool:
-    """Whether the Sent folder already holds a message with this Message-ID (IMAP only)."""
-    holds = getattr(mailbox, "holds", None)
-    if holds is None or not message_id:
-        return False
-    return bool(holds(mailbox.special_folder(b"\\Sent", SENT), message_id))
+def _holds(mailbox: Mailbox, message_id: str) -> bool:
+    """Whether the Sent folder already holds a message with this Message-ID."""
+    return bool(message_id) and mailbox.holds(mailbox.sent_folder(), message_id)
 
 
 def open_outbox(settings: Settings) -> Outbox:

@@ -5,19 +5,24 @@ mailbox -> query.parse -> classifier -> routing -> reply -> actions -> journal
 
 from __future__ import annotations
 
+import imaplib
+import inspect
+import itertools
 import logging
 import random
 import threading
+import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from triage import actions as actions_mod
-from triage.classifier import Model
+from triage.classifier import Classification, Model
 from triage.config import Settings
 from triage.errors import MailboxError, TriageError
 from triage.journal import Journal
 from triage.mailbox import Incoming, Mailbox
-from triage.outbox import Outbox, SendError
+from triage.outbox import Delivery, Outbox, OutboxQueue, SendError
 from triage.query import Query, parse
 from triage.reply import Composer
 from triage.routing import Decision, Router
@@ -27,6 +32,15 @@ log = logging.getLogger(__name__)
 # Reconnect back-off after a lost server: doubling from 1 s, capped, with jitter (issue 4).
 BACKOFF_START_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
+# Messages decided together: one batch of the model (classify_many), as many as one IMAP
+# FETCH brings (imap.FETCH_BATCH).
+DECIDE_BATCH = 100
+# How often a wait that cannot watch the stop event looks at it (SIGTERM latency while idle).
+STOP_CHECK_SECONDS = 0.25
+# Shortest wait between passes while queued mail is due (no busy loop when SMTP is down).
+MIN_WAIT_SECONDS = 1.0
+# Stands in for the query of a message that could not even be parsed.
+_EMPTY_QUERY = Query("", "", "", "", "")
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,7 @@ class Summary:
 
     outcomes: list[Outcome] = field(default_factory=list)
     skipped: int = 0  # already in the journal
+    deliveries: list[Delivery] = field(default_factory=list)  # queued mail retried this pass
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
@@ -66,14 +81,42 @@ class Summary:
         out = [f"{total} new message{'s' if total != 1 else ''} handled"
                + (f", {self.skipped} already in the journal" if self.skipped else "")]
         if total:
-            out.append("  by action: " + ", ".join(f"{a} {n}" for a, n in sorted(self.actions.items())))
+            actions = sorted(self.actions.items())
+            out.append("  by action: " + ", ".join(f"{a} {n}" for a, n in actions))
         if self.topics:
-            out.append("  by topic:  " + ", ".join(f"{t} {n}" for t, n in self.topics.most_common()))
+            topics = self.topics.most_common()
+            out.append("  by topic:  " + ", ".join(f"{t} {n}" for t, n in topics))
         if self.actions.get("reply"):
             out.append(f"  drafts are in {drafts_at}")
+        if self.deliveries:
+            counts = Counter(d.status for d in self.deliveries)
+            out.append("  outbox: " + ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))
         for failure in self.failed:
             out.append(f"  failed: uid {failure.uid}: {failure.detail}")
         return out
+
+
+@dataclass(frozen=True)
+class _Begun:
+    """A message whose intent is in the journal and whose actions are rendered, not yet done."""
+
+    incoming: Incoming
+    query: Query
+    decision: Decision
+    entry: int
+    planned: list[actions_mod.Action]
+    send_reply: bool
+
+    @property
+    def batchable(self) -> bool:
+        """New drafts, forwards and marks that stay in place (no retry looking for an earlier
+        draft, no reply sent in send mode, no move): can be written together with others."""
+        return all(
+            (isinstance(a, actions_mod.SaveDraft) and not a.check_existing)
+            or (isinstance(a, actions_mod.Send) and a.kind == "forward")
+            or (isinstance(a, actions_mod.Mark) and not a.move_to)
+            for a in self.planned
+        )
 
 
 class Worker:
@@ -99,25 +142,80 @@ class Worker:
         self.router = router or Router.from_settings(settings)
         self.composer = composer or Composer(settings)
         self.dry_run = dry_run
+        # Everything sent goes through the durable queue in the journal's database.
+        self.queue = OutboxQueue(outbox, journal)
+
+    # --- deciding: no side effects -------------------------------------------------------------
 
     def decide(self, incoming: Incoming) -> tuple[Query, Decision]:
         """Parse, classify and route one message; no side effects."""
+        return self.decide_many([incoming])[0]
+
+    def decide_many(self, batch: Sequence[Incoming]) -> list[tuple[Query, Decision]]:
+        """``decide`` for a batch: the model scores the whole batch at once (one vectoriser and
+        one predict_proba call instead of one per message); the decisions are the same. A
+        message that cannot be decided goes to a human and never stops the batch."""
+        queries: list[Query | None] = []
+        decided: list[Decision | None] = []
+        for incoming in batch:
+            try:
+                query, decision = self._parse(incoming)
+            except Exception as exc:  # a message must never stop the worker
+                log.exception("uid=%s cannot be decided", incoming.uid)
+                query, decision = None, _unreadable(exc)
+            queries.append(query)
+            decided.append(decision)
+        wanted = [
+            i for i, (q, d) in enumerate(zip(queries, decided, strict=True))
+            if q is not None and d is None and not (q.automatic or q.problem)
+        ]
+        results: dict[int, Classification] = {}
+        if wanted:
+            try:
+                scored = self.model.classify_many([queries[i] for i in wanted])  # type: ignore[misc]
+                results = dict(zip(wanted, scored, strict=True))
+            except Exception:  # one bad text: score one by one, so only it goes to a human
+                log.debug("batch classification failed; classifying one by one", exc_info=True)
+        out: list[tuple[Query, Decision]] = []
+        for i, incoming in enumerate(batch):
+            query, decision = queries[i], decided[i]
+            if query is not None and decision is None:
+                try:
+                    if query.automatic or query.problem:
+                        result = None
+                    else:
+                        result = results[i] if i in results else self.model.classify(query)
+                    decision = self.router.route(query, result)
+                except Exception as exc:
+                    log.exception("uid=%s cannot be decided", incoming.uid)
+                    decision = _unreadable(exc)
+            out.append((query or _EMPTY_QUERY, decision or _unreadable(None)))
+        return out
+
+    def _parse(self, incoming: Incoming) -> tuple[Query, Decision | None]:
+        """The query, and the decision when no classification is needed (too large)."""
         if len(incoming.raw) > self.settings.max_message_bytes:
             query = parse(incoming.raw[:65536], support_address=self.settings.support_address)
             size = len(incoming.raw)
             return query, Decision("human", (), f"too large to read automatically ({size} bytes)")
-        query = parse(incoming.raw, support_address=self.settings.support_address)
-        result = None if (query.automatic or query.problem) else self.model.classify(query)
-        return query, self.router.route(query, result)
+        return parse(incoming.raw, support_address=self.settings.support_address), None
+
+    # --- acting ------------------------------------------------------------------------------
 
     def handle(self, incoming: Incoming) -> Outcome:
         """One message's whole path; a failure is journalled and returned, never raised."""
-        try:
-            query, decision = self.decide(incoming)
-        except Exception as exc:  # a message must never stop the worker
-            log.exception("uid=%s cannot be decided", incoming.uid)
-            query = Query("", "", "", "", "")
-            decision = Decision("human", (), f"cannot be read: {type(exc).__name__}")
+        query, decision = self.decide(incoming)
+        return self._handle(incoming, query, decision)
+
+    def _handle(self, incoming: Incoming, query: Query, decision: Decision) -> Outcome:
+        started = self._begin(incoming, query, decision)
+        if isinstance(started, Outcome):
+            return started
+        return self._complete(started)
+
+    def _begin(self, incoming: Incoming, query: Query, decision: Decision) -> Outcome | _Begun:
+        """Up to the journal's intent row and the rendered actions: an Outcome when nothing is
+        left to do on the server (dry run, or a failure already journalled)."""
         earlier = self.journal.by_message_id(query.message_id) if query.message_id else None
         if earlier is not None and not (
             earlier.folder == incoming.folder
@@ -145,33 +243,165 @@ class Worker:
             self.journal.finish(entry, outcome="dry-run: nothing written")
             return Outcome(incoming.uid, decision, "done", "dry-run: nothing written")
         try:
-            outcome = self._act(incoming, query, decision, retry=previous is not None)
+            send_reply = False
+            if decision.action == "reply":
+                refusal = actions_mod.may_send(
+                    decision, self.settings, self.journal, query.reply_to
+                )
+                send_reply = refusal is None
+            rendered = self.composer.render(
+                decision, query, raw=incoming.raw, automatic=send_reply
+            )
+            planned = actions_mod.plan(
+                decision, rendered, incoming, settings=self.settings, send_reply=send_reply,
+                retry=previous is not None,
+            )
+        except TriageError as exc:
+            return self._failed(entry, incoming, decision, exc)
+        return _Begun(incoming, query, decision, entry, planned, send_reply)
+
+    def _complete(self, begun: _Begun) -> Outcome:
+        """Carry out one message's actions and journal the outcome."""
+        try:
+            outcome, refused = self._act(begun)
         except (MailboxError, OSError) as exc:
             if not isinstance(exc, SendError):
                 raise  # the server is gone: stop this pass, the entry stays pending for a retry
-            self.journal.finish(entry, status="failed", error=str(exc))
-            return Outcome(incoming.uid, decision, "failed", str(exc))
+            return self._failed(begun.entry, begun.incoming, begun.decision, exc)
         except TriageError as exc:
-            log.error("uid=%s failed: %s", incoming.uid, exc)
-            self.journal.finish(entry, status="failed", error=str(exc))
-            return Outcome(incoming.uid, decision, "failed", str(exc))
-        self.journal.finish(entry, outcome=outcome)
-        return Outcome(incoming.uid, decision, "done", outcome)
+            return self._failed(begun.entry, begun.incoming, begun.decision, exc)
+        self.journal.finish(begun.entry, outcome=outcome, error=refused)
+        return Outcome(begun.incoming.uid, begun.decision, "done", outcome)
 
-    def _act(self, incoming: Incoming, query: Query, decision: Decision, *, retry: bool) -> str:
-        send_reply = False
-        if decision.action == "reply":
-            refusal = actions_mod.may_send(decision, self.settings, self.journal, query.reply_to)
-            send_reply = refusal is None
-        rendered = self.composer.render(decision, query, raw=incoming.raw, automatic=send_reply)
-        planned = actions_mod.plan(
-            decision, rendered, incoming, settings=self.settings, send_reply=send_reply, retry=retry
-        )
-        results = [action.apply(self.mailbox, self.outbox) for action in planned]
-        if send_reply:
-            for topic in decision.topics:
-                self.journal.record_send(query.reply_to, topic)
-        return "; ".join(results)
+    def _failed(
+        self, entry: int, incoming: Incoming, decision: Decision, exc: Exception
+    ) -> Outcome:
+        log.error("uid=%s failed: %s", incoming.uid, exc)
+        self.journal.finish(entry, status="failed", error=str(exc))
+        return Outcome(incoming.uid, decision, "failed", str(exc))
+
+    def _act(self, begun: _Begun) -> tuple[str, str]:
+        """Carry out the actions: (what was done, why a send was refused or "")."""
+        incoming = begun.incoming
+        results: list[str] = []
+        refusals: list[str] = []
+        refused_items: list[int] = []
+        for action in begun.planned:
+            if isinstance(action, actions_mod.Send):
+                delivery = self.queue.submit(
+                    action.message, kind=action.kind, entry_id=begun.entry, source=incoming,
+                    mailbox=self.mailbox,
+                )
+                if delivery.status == "refused":
+                    refusals.append(f"{action.what} refused: {delivery.detail}")
+                    refused_items.append(delivery.item.id)
+                    results.append(f"{action.what} refused: handed to a human")
+                else:
+                    results.append(f"{action.what} {delivery.detail}")
+                continue
+            if isinstance(action, actions_mod.Mark) and refusals and not action.flagged:
+                action = actions_mod.handoff(incoming, self.settings)  # 5xx: a person takes over
+            results.append(action.apply(self.mailbox, self.outbox))
+        for item_id in refused_items:
+            self.journal.queue_handed_off(item_id)
+        if begun.send_reply:
+            for topic in begun.decision.topics:
+                self.journal.record_send(begun.query.reply_to, topic)
+        return "; ".join(results), "; ".join(refusals)
+
+    def _complete_group(self, group: list[_Begun]) -> list[Outcome]:
+        """Carry out messages whose actions are new drafts, sends and marks that stay in place
+        with one MULTIAPPEND for all the drafts and one UID STORE per set of flags (sends go
+        through the queue one by one, as always), then journal each outcome. Every intent is in
+        the journal before the first write, so a crash anywhere leaves pending entries that the
+        next pass retries one by one, looking for their drafts first and finding their queued
+        mail by entry, exactly as after a crash in the one-by-one path."""
+        if not group:
+            return []
+        save_drafts = getattr(self.mailbox, "save_drafts", None)
+        mark_many = getattr(self.mailbox, "mark_many", None)
+        if len(group) == 1 or save_drafts is None or mark_many is None:
+            return [self._complete(begun) for begun in group]
+        # results[i][j]: what action j of message i did, in the order of its plan
+        results: list[list[str]] = [[""] * len(b.planned) for b in group]
+        refusals: list[list[str]] = [[] for _ in group]
+        refused_items: list[int] = []
+        drafts = [
+            (i, j, a.message) for i, b in enumerate(group) for j, a in enumerate(b.planned)
+            if isinstance(a, actions_mod.SaveDraft)
+        ]
+        if drafts:
+            saved = save_drafts([message for _, _, message in drafts])
+            for (i, j, _), where in zip(drafts, saved, strict=True):
+                results[i][j] = f"draft {where}"
+        for i, begun in enumerate(group):
+            for j, action in enumerate(begun.planned):
+                if not isinstance(action, actions_mod.Send):
+                    continue
+                delivery = self.queue.submit(
+                    action.message, kind=action.kind, entry_id=begun.entry,
+                    source=begun.incoming, mailbox=self.mailbox,
+                )
+                if delivery.status == "refused":
+                    refusals[i].append(f"{action.what} refused: {delivery.detail}")
+                    results[i][j] = f"{action.what} refused: handed to a human"
+                    refused_items.append(delivery.item.id)
+                else:
+                    results[i][j] = f"{action.what} {delivery.detail}"
+        marks: dict[tuple[tuple[str, ...], bool], list[Incoming]] = {}
+        for i, begun in enumerate(group):
+            for j, action in enumerate(begun.planned):
+                if not isinstance(action, actions_mod.Mark):
+                    continue
+                if refusals[i] and not action.flagged:  # 5xx: a person takes over
+                    action = actions_mod.handoff(begun.incoming, self.settings)
+                marks.setdefault((action.keywords, action.flagged), []).append(action.incoming)
+                results[i][j] = "flagged for a human" if action.flagged else "marked"
+        for (keywords, flagged), originals in marks.items():
+            mark_many(originals, keywords, flagged=flagged)
+        for item_id in refused_items:
+            self.journal.queue_handed_off(item_id)
+        outcomes = []
+        for i, begun in enumerate(group):
+            if begun.send_reply:
+                for topic in begun.decision.topics:
+                    self.journal.record_send(begun.query.reply_to, topic)
+            outcome = "; ".join(results[i])
+            self.journal.finish(begun.entry, outcome=outcome, error="; ".join(refusals[i]))
+            outcomes.append(Outcome(begun.incoming.uid, begun.decision, "done", outcome))
+        return outcomes
+
+    def flush_outbox(self) -> list[Delivery]:
+        """Retry queued mail that is due; hand the originals of refused mail to a human."""
+        deliveries = self.queue.flush(self.mailbox)
+        for delivery in deliveries:
+            if delivery.status == "refused" and not delivery.item.handed_off:
+                self._hand_off_refused(delivery)
+        return deliveries
+
+    def _hand_off_refused(self, delivery: Delivery) -> None:
+        item = delivery.item
+        reason = f"{item.kind} to {item.recipient} refused: {delivery.detail}"
+        source = delivery.source
+        note = "handed to a human"
+        if source is not None:
+            try:
+                actions_mod.handoff(source, self.settings).apply(self.mailbox, self.outbox)
+            except MailboxError as exc:
+                if _connection_lost(exc):
+                    raise  # the server is gone: try again on the next pass
+                log.warning("uid=%s cannot be flagged for a human: %s", source.uid, exc)
+                note = f"not flagged ({exc})"
+        if item.entry_id is not None:
+            entry = self.journal.get(item.entry_id)
+            if entry is not None:
+                outcome = "; ".join(x for x in (entry.outcome, f"{reason}: {note}") if x)
+                error = "; ".join(x for x in (entry.error, reason) if x)
+                self.journal.update(item.entry_id, outcome=outcome, error=error)
+        self.journal.queue_handed_off(item.id)
+        log.warning("uid=%s %s: %s", source.uid if source else "-", reason, note)
+
+    # --- the loop ----------------------------------------------------------------------------
 
     def new_messages(self) -> tuple[list[str], int]:
         """UIDs in the watched folder the journal has not finished, and how many it has."""
@@ -180,37 +410,134 @@ class Worker:
         done = self.journal.handled(folder, uidvalidity, uids)
         return [u for u in uids if u not in done], len(done)
 
-    def run_once(self) -> Summary:
-        """Handle everything new in the watched folder, once."""
+    def run_once(self, stop: threading.Event | None = None) -> Summary:
+        """Handle everything new in the watched folder, once; with ``stop`` set, finish the
+        current message and return."""
         summary = Summary()
+        if not self.dry_run and self.settings.mode != "dry-run":
+            summary.deliveries = self.flush_outbox()
         todo, summary.skipped = self.new_messages()
-        for incoming in self.mailbox.fetch(todo):
-            summary.add(self.handle(incoming))
+        messages = self.mailbox.fetch(todo)
+        try:
+            while not (stop is not None and stop.is_set()):
+                batch = list(itertools.islice(messages, DECIDE_BATCH))
+                if not batch:
+                    break
+                group: list[_Begun] = []  # begun, waiting to be written together
+                ids: set[str] = set()  # their Message-IDs
+                for incoming, (query, decision) in zip(
+                    batch, self.decide_many(batch), strict=True
+                ):
+                    if query.message_id and query.message_id in ids:
+                        # The same message twice: the first must be finished before the
+                        # journal can tell that the second is a copy.
+                        summary.outcomes.extend(self._complete_group(group))
+                        group, ids = [], set()
+                    started = self._begin(incoming, query, decision)
+                    if isinstance(started, Outcome):
+                        summary.add(started)
+                    elif started.batchable:
+                        group.append(started)
+                        ids.add(query.message_id)
+                    else:
+                        summary.outcomes.extend(self._complete_group(group))
+                        group, ids = [], set()
+                        summary.add(self._complete(started))
+                    if stop is not None and stop.is_set():
+                        log.info("stopping after uid=%s", incoming.uid)
+                        break
+                summary.outcomes.extend(self._complete_group(group))
+        finally:
+            close = getattr(messages, "close", None)
+            if close is not None:
+                close()
         return summary
 
     def run_forever(self, stop: threading.Event) -> None:
-        """Watch the mailbox until ``stop`` is set; reconnect with back-off when the server goes."""
+        """Watch the mailbox until ``stop`` is set; reconnect with back-off when the server goes.
+
+        After a MailboxError the pause doubles from BACKOFF_START_SECONDS up to
+        BACKOFF_CAP_SECONDS, times a random factor in [0.5, 1] (so many workers do not come
+        back in step), and each attempt is logged; it never gives up.
+        """
         delay = BACKOFF_START_SECONDS
         while not stop.is_set():
             try:
-                summary = self.run_once()
+                summary = self.run_once(stop)
                 if summary.outcomes:
                     log.info("handled %d new messages", len(summary.outcomes))
                 delay = BACKOFF_START_SECONDS
                 if not stop.is_set():
-                    self.mailbox.wait(self.settings.idle_seconds)
+                    self._wait(stop)
             except MailboxError as exc:
-                pause = min(BACKOFF_CAP_SECONDS, delay) * random.uniform(0.5, 1.0)
-                log.warning("mailbox error: %s; reconnecting in %.1f s", exc, pause)
-                stop.wait(pause)
-                delay = min(BACKOFF_CAP_SECONDS, delay * 2)
-                reconnect = getattr(self.mailbox, "reconnect", None)
-                if reconnect is not None:
+                error: MailboxError = exc
+                attempt = 0
+                while not stop.is_set():
+                    attempt += 1
+                    pause = min(BACKOFF_CAP_SECONDS, delay) * random.uniform(0.5, 1.0)
+                    log.warning(
+                        "mailbox error: %s; reconnecting in %.1f s (attempt %d)",
+                        error, pause, attempt,
+                    )
+                    stop.wait(pause)
+                    delay = min(BACKOFF_CAP_SECONDS, delay * 2)
+                    if stop.is_set():
+                        break
+                    reconnect = getattr(self.mailbox, "reconnect", None)
+                    if reconnect is None:
+                        break
                     try:
                         reconnect()
                     except MailboxError as again:
-                        log.warning("reconnect failed: %s", again)
+                        error = again
+                        continue
+                    log.info("reconnected to %s", self.mailbox.description)
+                    break
+
+    def _wait(self, stop: threading.Event) -> None:
+        """Wait for new mail, at most until the next queued message is due."""
+        timeout = self.settings.idle_seconds
+        due = None if self.dry_run else self.queue.next_due()
+        if due is not None:
+            timeout = min(timeout, max(MIN_WAIT_SECONDS, due - time.time()))
+        if _takes_stop(self.mailbox):
+            self.mailbox.wait(timeout, stop=stop)  # type: ignore[call-arg]
+            return
+        # A mailbox whose wait() cannot watch ``stop`` (the Maildir) waits in short slices; one
+        # that returns before its slice is up saw new mail.
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            step = min(left, STOP_CHECK_SECONDS)
+            started = time.monotonic()
+            self.mailbox.wait(step)
+            if time.monotonic() - started < step * 0.9:
+                return
 
 
-__all__ = ["BACKOFF_CAP_SECONDS", "BACKOFF_START_SECONDS", "Outcome", "Summary", "Worker"]
+def _takes_stop(mailbox: Mailbox) -> bool:
+    """Whether ``mailbox.wait`` takes a ``stop`` event (ImapMailbox does)."""
+    try:
+        return "stop" in inspect.signature(mailbox.wait).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _unreadable(exc: BaseException | None) -> Decision:
+    what = type(exc).__name__ if exc is not None else "unknown error"
+    return Decision("human", (), f"cannot be read: {what}")
+
+
+def _connection_lost(exc: MailboxError) -> bool:
+    """Whether a MailboxError came from a lost or refused connection (not from one message)."""
+    return isinstance(exc.__cause__, OSError | imaplib.IMAP4.abort)
+
+
+__all__ = [
+    "BACKOFF_CAP_SECONDS",
+    "BACKOFF_START_SECONDS",
+    "DECIDE_BATCH",
+    "Outcome",
+    "Summary",
+    "Worker",
+]
 

@@ -1,0 +1,105 @@
+"""Property-based tests (hypothesis) and a corpus of malformed mail: the parser, the stripper
+and the composer never crash, never let a sender's text become a header, and always answer."""
+
+import email
+from email.policy import default
+
+import pytest
+from conftest import ROOT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from triage.config import load_settings
+from triage.newtext import html_to_text, new_text
+from triage.query import parse
+from triage.reply import Composer, clean_header, greeting, reply_subject
+from triage.routing import Decision
+
+COMPOSER = Composer(load_settings(_env_file=None, replies_dir=ROOT / "replies"))
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(st.binary(max_size=3000))
+def test_parse_never_raises_on_bytes(raw):
+    query = parse(raw)
+    assert isinstance(query.text, str)
+
+
+@FAST
+@given(st.text(max_size=3000))
+def test_new_text_is_a_part_of_what_was_written(body):
+    out = new_text(body)
+    assert isinstance(out, str)
+    assert len(out) <= len(body) + 2
+
+
+@FAST
+@given(st.text(max_size=2000))
+def test_html_to_text_never_raises(html):
+    assert isinstance(html_to_text(f"<div>{html}</div>"), str)
+
+
+@FAST
+@given(name=st.text(max_size=80), subject=st.text(max_size=200), body=st.text(max_size=500))
+def test_composer_headers_cannot_be_injected(name, subject, body):
+    raw = (f"From: {clean_header(name)} <a@school.example.org>\r\nSubject: {clean_header(subject)}\r\n"
+           f"Message-ID: <p@x>\r\n\r\n{body}\r\n").encode("utf-8", "surrogatepass")
+    query = parse(raw)
+    if not query.sender_address:
+        return  # handed to a person, never composed
+    message = COMPOSER.render(Decision("reply", ("events",), "t", 0.9), query).reply
+    parsed = email.message_from_bytes(message.as_bytes(), policy=default)
+    assert parsed["Subject"].startswith("Re: ")
+    assert parsed["Subject"].count("\n") == 0
+    assert set(parsed.keys()) == set(message.keys())  # nothing new appeared in transit
+    assert len(parsed.get_all("To")) == 1
+
+
+@FAST
+@given(st.text(max_size=60))
+def test_greeting_and_subject_are_one_line(text):
+    assert "\n" not in greeting(text) and greeting(text).endswith(",")
+    subject = reply_subject(text)
+    assert subject.startswith("Re: ") and "\n" not in subject and not subject[4:].lower().startswith("re:")
+
+
+def _mail(headers, body=b"How do I match mentors on Steplab?\r\n"):
+    return headers.encode() + b"\r\n" + body
+
+
+MALFORMED = {
+    "broken-boundary": _mail('From: a@b.org\r\nSubject: x\r\nContent-Type: multipart/mixed; boundary="zz"\r\n',
+                             b"--yy\r\nContent-Type: text/plain\r\n\r\nhello\r\n--yy--\r\n"),
+    "no-from": _mail("Subject: hello\r\n"),
+    "no-date-no-id": _mail("From: a@b.org\r\nSubject: hello\r\n"),
+    "unknown-charset": _mail("From: a@b.org\r\nSubject: x\r\nContent-Type: text/plain; charset=x-klingon\r\n"),
+    "lying-charset": _mail("From: a@b.org\r\nSubject: x\r\nContent-Type: text/plain; charset=us-ascii\r\n",
+                           "Caf\u00e9 \u00a3100".encode("utf-8")),
+    "undeclared-8bit": _mail("From: a@b.org\r\nSubject: x\r\n", b"\xe9t\xe9 \xff\xfe\r\n"),
+    "broken-base64": _mail("From: a@b.org\r\nSubject: x\r\nContent-Transfer-Encoding: base64\r\n", b"!!!not base64$$$\r\n"),
+    "broken-qp": _mail("From: a@b.org\r\nSubject: x\r\nContent-Transfer-Encoding: quoted-printable\r\n", b"=ZZ=\r\n=4"),
+    "huge-header": _mail("From: a@b.org\r\nSubject: " + "x" * 1_000_000 + "\r\n"),
+    "deep-nesting": _mail("From: a@b.org\r\nSubject: x\r\n" + 'Content-Type: multipart/mixed; boundary="b0"\r\n',
+                          b"".join(f'--b{i}\r\nContent-Type: multipart/mixed; boundary="b{i + 1}"\r\n\r\n'.encode()
+                                   for i in range(100)) + b"--b100\r\nContent-Type: text/plain\r\n\r\nhi\r\n"),
+    "empty-body": _mail("From: a@b.org\r\nSubject: x\r\n", b""),
+    "binary-garbage": bytes(range(256)) * 40,
+    "big-attachment": _mail('From: a@b.org\r\nSubject: x\r\nContent-Type: multipart/mixed; boundary="q"\r\n',
+                            b"--q\r\nContent-Type: text/plain\r\n\r\nSee attached\r\n--q\r\nContent-Type: application/pdf\r\n"
+                            b"Content-Transfer-Encoding: base64\r\n\r\n" + b"QUJD" * 7_500_000 + b"\r\n--q--\r\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_mail_is_handled_or_handed_off(name, model):
+    from triage.routing import Router
+
+    router = Router.from_settings(load_settings(_env_file=None, replies_dir=ROOT / "replies"))
+    query = parse(MALFORMED[name])
+    result = None if (query.automatic or query.problem) else model.classify(query)
+    decision = router.route(query, result)
+    assert decision.action in ("reply", "human", "ignore")
+    assert decision.reason
+    if query.problem:
+        assert decision.action == "human"
