@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -125,7 +126,7 @@ def batched_io(server: LocalImapServer, user: str) -> tuple[int, float]:
         return len(uids), time.perf_counter() - started
 
 
-def cpu_alone(worker: object, raws: list[bytes]) -> float:
+def cpu_alone(worker: Any, raws: list[bytes]) -> float:
     """Seconds the worker's own stages take on ``raws`` without any server: decide (parse and
     classify in batches), render, and serialise what would be written."""
     from triage.mailbox import Incoming
@@ -133,10 +134,12 @@ def cpu_alone(worker: object, raws: list[bytes]) -> float:
 
     started = time.perf_counter()
     for start in range(0, len(raws), FETCH_BATCH):
-        batch = [Incoming("INBOX", 1, str(n), raw) for n, raw in enumerate(raws[start : start + FETCH_BATCH])]
-        for incoming, (query, decision) in zip(batch, worker.decide_many(batch)):  # type: ignore[attr-defined]
-            rendered = worker.composer.render(decision, query, raw=incoming.raw)  # type: ignore[attr-defined]
-            for message in ([rendered.reply] if rendered.reply is not None else []) + list(rendered.forwards):
+        chunk = raws[start : start + FETCH_BATCH]
+        batch = [Incoming("INBOX", 1, str(n), raw) for n, raw in enumerate(chunk)]
+        for incoming, (query, decision) in zip(batch, worker.decide_many(batch), strict=True):
+            rendered = worker.composer.render(decision, query, raw=incoming.raw)
+            written = [rendered.reply] if rendered.reply is not None else []
+            for message in [*written, *rendered.forwards]:
                 as_bytes(message)
     return time.perf_counter() - started
 
@@ -200,7 +203,9 @@ def worker_phase(args: argparse.Namespace) -> None:
     )
 
 
-def run_worker(server: LocalImapServer, user: str, work: str, args: argparse.Namespace) -> dict:
+def run_worker(
+    server: LocalImapServer, user: str, work: str, args: argparse.Namespace
+) -> dict[str, Any]:
     command = [
         sys.executable, __file__, "--worker-phase", "--port", str(server.port),
         "--user", user, "--workdir", work, "--messages", str(args.messages),
@@ -231,8 +236,9 @@ def main() -> int:
 
     messages = realistic_messages(args.messages)
     size = sum(map(len, messages)) / len(messages)
-    print(f"{len(messages)} messages from {SAMPLES.relative_to(ROOT)}/, {size:,.0f} bytes on average")
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, Python {sys.version.split()[0]}")
+    print(f"{len(messages)} messages from {SAMPLES.relative_to(ROOT)}/, {size:,.0f} bytes each")
+    load, python = os.getloadavg()[0], sys.version.split()[0]
+    print(f"{os.cpu_count()} CPUs, load average {load:.2f}, Python {python}")
     ceilings: list[float] = []
     rates: list[float] = []
     batched: list[float] = []
@@ -255,19 +261,20 @@ def main() -> int:
             peak = max(peak, result["maxrss_kib"])
             actions = ", ".join(f"{a} {n}" for a, n in sorted(result["actions"].items()))
             drafts = server.doveadm("mailbox", "status", "-u", users[2], "messages", "Drafts")
-            print(f"round {round_}: (a) ceiling {ceilings[-1]:,.0f}/s, (b) worker {rates[-1]:,.0f}/s "
+            print(f"round {round_}: (a) ceiling {ceilings[-1]:,.0f}/s, "
+                  f"(b) worker {rates[-1]:,.0f}/s "
                   f"[{result['messages']} handled: {actions}; {result['failed']} failed; "
                   f"{drafts.split()[-1].replace('messages=', '')} drafts], "
                   f"(a') batched I/O {batched[-1]:,.0f}/s, (c) worker CPU alone {cpu[-1]:,.0f}/s")
     ceiling, rate = statistics.median(ceilings), statistics.median(rates)
     print()
-    print(f"(a)  I/O ceiling, fetch BODY.PEEK[] + one APPEND per message: {ceiling:8,.0f} messages/s")
-    print(f"(b)  worker run_once (triage run --once):                   {rate:8,.0f} messages/s")
+    print(f"(a)  I/O ceiling, BODY.PEEK[] + one APPEND per message: {ceiling:8,.0f} messages/s")
+    print(f"(b)  worker run_once (triage run --once):              {rate:8,.0f} messages/s")
     print(f"     ratio (b) / (a): {rate / ceiling:.2f} (target >= 0.50)")
     print(f"     worker peak memory (ru_maxrss): {peak / 1024:,.0f} MiB")
-    print(f"(a') the same I/O batched as the worker does it:           "
+    print(f"(a') the same I/O batched as the worker does it:      "
           f"{statistics.median(batched):8,.0f} messages/s")
-    print(f"(c)  the worker's CPU alone, no server:                     "
+    print(f"(c)  the worker's CPU alone, no server:                "
           f"{statistics.median(cpu):8,.0f} messages/s")
     print(f"medians of {args.repeat} rounds")
     return 0

@@ -32,6 +32,7 @@ class Received:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     content: bytes
+    mail_options: tuple[str, ...] = ()
 
     @property
     def message(self) -> EmailMessage:
@@ -64,7 +65,12 @@ class Recorder:
             if answer.startswith("250"):
                 content = envelope.original_content or envelope.content
                 self.received.append(
-                    Received(envelope.mail_from, tuple(envelope.rcpt_tos), bytes(content))
+                    Received(
+                        envelope.mail_from,
+                        tuple(envelope.rcpt_tos),
+                        bytes(content),
+                        tuple(envelope.mail_options),
+                    )
                 )
         return answer
 

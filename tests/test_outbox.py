@@ -43,7 +43,9 @@ def message(n: int = 1, *, to: str = "partner@example.test") -> EmailMessage:
 
 
 def smtp(server: LocalSmtpServer, **extra: Any) -> SmtpOutbox:
-    values: dict[str, Any] = {"smtp_host": "127.0.0.1", "smtp_port": server.port, "smtp_tls": "none"}
+    values: dict[str, Any] = {
+        "smtp_host": "127.0.0.1", "smtp_port": server.port, "smtp_tls": "none"
+    }
     values.update(extra)
     return SmtpOutbox(load_settings(_env_file=None, **values), timeout=10)
 
@@ -71,6 +73,19 @@ def test_sends_the_exact_bytes_with_the_envelope_from_the_headers(
     assert received.mail_from == "support@example.test"
     assert received.rcpt_tos == ("partner@example.test", "cc@example.test")
     assert received.content == as_bytes(msg)
+
+
+def test_eight_bit_mail_is_sent_as_8bitmime(smtp_server: LocalSmtpServer) -> None:
+    msg = message()
+    msg.set_content("Grüße aus Köln\n", cte="8bit")
+    raw = as_bytes(msg)
+    assert not raw.isascii()
+
+    smtp(smtp_server).send(msg)
+
+    [received] = smtp_server.received
+    assert received.content == raw
+    assert "BODY=8BITMIME" in received.mail_options
 
 
 @pytest.mark.parametrize("tls", ["starttls", "ssl"])

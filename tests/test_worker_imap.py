@@ -28,7 +28,9 @@ from smtpserver import LocalSmtpServer
 from triage import cli
 from triage.cli import open_mailbox
 from triage.config import Settings, load_settings
+from triage.errors import MailboxError
 from triage.journal import Journal
+from triage.maildir import LocalMailbox
 from triage.outbox import open_outbox
 from triage.worker import BACKOFF_CAP_SECONDS, BACKOFF_START_SECONDS, Worker
 
@@ -72,7 +74,9 @@ def seed(server: LocalImapServer, user: str, *messages: bytes, folder: str = "IN
             client.multiappend(folder, list(messages[start : start + 100]))
 
 
-def contents(server: LocalImapServer, user: str, folder: str) -> dict[int, tuple[set[bytes], bytes]]:
+def contents(
+    server: LocalImapServer, user: str, folder: str
+) -> dict[int, tuple[set[bytes], bytes]]:
     """uid -> (flags without \\Recent, raw bytes) of every message in ``folder``."""
     with imap(server, user) as client:
         if not client.folder_exists(folder):
@@ -547,7 +551,7 @@ def test_550_hands_the_message_to_a_human(
     [outcome] = worker.run_once().outcomes
 
     assert outcome.status == "done"
-    assert "forward to delivery-partners@ect.example.org refused: handed to a human" in outcome.detail
+    assert f"forward to {DELIVERY_PARTNER} refused: handed to a human" in outcome.detail
     [(flags, _)] = contents(imap_server, imap_user, "INBOX").values()
     assert flags == {b"$Triaged", b"$TriageHuman", b"\\Flagged"}
     assert count(imap_server, imap_user, "Drafts") == 1  # the reply draft is still there
@@ -602,6 +606,19 @@ def test_mail_that_arrives_while_idle_gets_its_draft_quickly(
     assert latency < 10
 
 
+def test_run_forever_on_the_local_maildir_sees_new_mail_and_stops_at_once(
+    local_settings: Settings, model: Any
+) -> None:
+    drafts = local_settings.maildir / ".Drafts" / "cur"
+    with running(local_settings, model) as stop:
+        time.sleep(0.5)  # idle now
+        LocalMailbox(local_settings.maildir).add(sample(REPLY))
+        assert wait_until(lambda: drafts.is_dir() and any(drafts.iterdir()), 10)
+        stop.set()
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 2
+
+
 def _environment(server: LocalImapServer, user: str, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     env.update(
@@ -620,7 +637,9 @@ def _environment(server: LocalImapServer, user: str, tmp_path: Path) -> dict[str
 
 
 @contextmanager
-def triage_run(server: LocalImapServer, user: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def triage_run(
+    server: LocalImapServer, user: str, tmp_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """``triage run`` in a process of its own; killed if the test leaves it running."""
     log = tmp_path / "triage.log"
     with open(log, "wb") as err, subprocess.Popen(
@@ -751,7 +770,7 @@ def test_a_crash_while_sending_resends_with_the_same_message_id(
     assert item.status == "sending"  # outcome unknown
     restarted.run_once()
 
-    first_again, second = smtp_server.received
+    _, second = smtp_server.received
     assert message_id(second.content) == message_id(first.content)  # receivers can deduplicate
     assert second.content == first.content
     assert count(imap_server, imap_user, "Drafts") == 1
@@ -771,13 +790,16 @@ def test_uidvalidity_change_does_not_handle_old_mail_again(
     with imap(imap_server, imap_user) as client:
         old = client.select_folder("INBOX", readonly=True)[b"UIDVALIDITY"]
 
-    imap_server.doveadm("mailbox", "update", "-u", imap_user, "--uid-validity", str(old + 1000), "INBOX")
+    imap_server.doveadm(
+        "mailbox", "update", "-u", imap_user, "--uid-validity", str(old + 1000), "INBOX"
+    )
     seed(imap_server, imap_user, sample(EVENTS))  # new mail after the change is still handled
     summary = make_worker(settings).run_once()
 
     actions = {o.uid: (o.decision.action, o.decision.reason) for o in summary.outcomes}
     assert [a for a, _ in actions.values()] == ["ignore", "ignore", "reply"]
-    assert all("already handled as journal entry" in r for a, r in actions.values() if a == "ignore")
+    ignored = [reason for action, reason in actions.values() if action == "ignore"]
+    assert all("already handled as journal entry" in reason for reason in ignored)
     assert count(imap_server, imap_user, "Drafts") == 2
     assert set(drafts_by_source(imap_server, imap_user)) == {
         message_id(sample(REPLY)),
@@ -834,11 +856,16 @@ class RecordingStop(threading.Event):
 def test_reconnect_backoff_doubles_with_jitter_up_to_the_cap(
     own_server: LocalImapServer, tmp_path: Path, make_worker: MakeWorker
 ) -> None:
-    worker = make_worker(imap_settings(own_server, new_user("r"), tmp_path, None))
-    own_server.stop()  # connection refused from now on
+    settings = imap_settings(own_server, new_user("r"), tmp_path, None, idle_seconds=1.0)
+    worker = make_worker(settings)
     stop = RecordingStop(pauses=9)
+    gone = threading.Timer(1.0, own_server.stop)  # while the worker idles: refused from then on
 
-    worker.run_forever(stop)
+    gone.start()
+    try:
+        worker.run_forever(stop)
+    finally:
+        gone.join()
 
     assert len(stop.pauses) == 9
     for attempt, pause in enumerate(stop.pauses):
@@ -846,3 +873,12 @@ def test_reconnect_backoff_doubles_with_jitter_up_to_the_cap(
         assert ceiling * 0.5 <= pause <= ceiling, (attempt, pause)
     assert max(stop.pauses) <= BACKOFF_CAP_SECONDS
     assert len(set(stop.pauses)) == len(stop.pauses)  # jitter: no two alike
+
+
+def test_a_worker_that_cannot_start_says_so(
+    imap_server: LocalImapServer, imap_user: str, tmp_path: Path, make_worker: MakeWorker
+) -> None:
+    settings = imap_settings(imap_server, imap_user, tmp_path, None, imap_password="wrong")
+
+    with pytest.raises(MailboxError, match="login failed"):
+        make_worker(settings).run_forever(threading.Event())

@@ -72,7 +72,8 @@ class Settings(BaseSettings):
 
     # --- addresses: ours and the parties a message can be forwarded to
     support_address: str = "support@ect.example.org"
-    reply_from_name: str = "ECT Support Team"
+    reply_from_name: str = "ECT Support Team"  # display name of replies, and their signature
+    reply_closing: str = "Kind regards,"
     support_team_address: str = "ect-support-team@ect.example.org"
     delivery_partner_address: str = "delivery-partners@ect.example.org"
     appropriate_body_address: str = "appropriate-bodies@ect.example.org"

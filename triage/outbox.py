@@ -166,7 +166,10 @@ class SmtpOutbox:
         except (OSError, smtplib.SMTPException) as exc:  # refused, unreachable, timeout, greeting
             raise SendError(f"{where}: cannot connect ({_reason(exc)})", temporary=True) from exc
         try:
-            refused = client.sendmail(sender, recipients, raw)
+            client.ehlo_or_helo_if_needed()
+            # A forward carries the original as it came, 8-bit bodies included (RFC 6152).
+            options = ["BODY=8BITMIME"] if not raw.isascii() and client.has_extn("8bitmime") else []
+            refused = client.sendmail(sender, recipients, raw, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             raise SendError(

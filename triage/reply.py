@@ -220,7 +220,7 @@ class Composer:
         context = {
             "greeting": greeting(query.sender_name),
             "sections": sections,
-            "closing": "Kind regards,",
+            "closing": self.settings.reply_closing,
             "signature": self.settings.reply_from_name,
             "quote_intro": f"On {when}, {sender} wrote:",
             "quoted": quoted,

@@ -1,6 +1,17 @@
 """The worker: runs the stages for one message, and the loop that watches the mailbox.
 
 mailbox -> query.parse -> classifier -> routing -> reply -> actions -> journal
+
+Exactly once: the journal holds a message's intent (``pending``) before anything is written and
+its outcome after. A pending entry found on a later pass is retried with care: the draft is
+looked for in Drafts before a new one is written, and queued mail is found by entry in the
+outbox queue (``outbox.OutboxQueue``), so a crash at any point leaves one draft, one forward and
+one hand-off per message. Forwards are at least once on the wire: see ``outbox``.
+
+Throughput: a pass fetches 100 messages at a time, scores them with one model call, and writes
+the drafts of messages that need nothing else (no retry, no move, no reply sent) with one
+MULTIAPPEND and their marks with one UID STORE per set of flags. ``stop`` is honoured between
+messages: the messages already begun (intent journalled) are finished, no new one is begun.
 """
 
 from __future__ import annotations
@@ -144,6 +155,7 @@ class Worker:
         self.dry_run = dry_run
         # Everything sent goes through the durable queue in the journal's database.
         self.queue = OutboxQueue(outbox, journal)
+        self._listed = False  # the watched folder was listed at least once
 
     # --- deciding: no side effects -------------------------------------------------------------
 
@@ -417,6 +429,7 @@ class Worker:
         if not self.dry_run and self.settings.mode != "dry-run":
             summary.deliveries = self.flush_outbox()
         todo, summary.skipped = self.new_messages()
+        self._listed = True
         messages = self.mailbox.fetch(todo)
         try:
             while not (stop is not None and stop.is_set()):
@@ -456,7 +469,10 @@ class Worker:
     def run_forever(self, stop: threading.Event) -> None:
         """Watch the mailbox until ``stop`` is set; reconnect with back-off when the server goes.
 
-        After a MailboxError the pause doubles from BACKOFF_START_SECONDS up to
+        A MailboxError before the watched folder could be listed even once (wrong password,
+        unknown host, missing folder) is raised: a worker that never got going is
+        misconfigured, and says so. After that, the
+        pause after a MailboxError doubles from BACKOFF_START_SECONDS up to
         BACKOFF_CAP_SECONDS, times a random factor in [0.5, 1] (so many workers do not come
         back in step), and each attempt is logged; it never gives up.
         """
@@ -470,6 +486,8 @@ class Worker:
                 if not stop.is_set():
                     self._wait(stop)
             except MailboxError as exc:
+                if not self._listed:
+                    raise
                 error: MailboxError = exc
                 attempt = 0
                 while not stop.is_set():
@@ -503,14 +521,13 @@ class Worker:
         if _takes_stop(self.mailbox):
             self.mailbox.wait(timeout, stop=stop)  # type: ignore[call-arg]
             return
-        # A mailbox whose wait() cannot watch ``stop`` (the Maildir) waits in short slices; one
-        # that returns before its slice is up saw new mail.
+        # A mailbox whose wait() cannot watch ``stop`` (the Maildir) waits in short slices, and
+        # its listing tells whether mail came (a slice may end just as mail arrives).
+        before = self.mailbox.keys()
         deadline = time.monotonic() + timeout
         while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            step = min(left, STOP_CHECK_SECONDS)
-            started = time.monotonic()
-            self.mailbox.wait(step)
-            if time.monotonic() - started < step * 0.9:
+            self.mailbox.wait(min(left, STOP_CHECK_SECONDS))
+            if self.mailbox.keys() != before:
                 return
 
 
