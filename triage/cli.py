@@ -207,7 +207,10 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         except ModelError as exc:
             print(f"the installed model is not compared: {exc}", file=sys.stderr)
     print()
-    lines, accept = learning.compare(model, installed, held_out)
+    if held_out:
+        lines, accept = learning.compare(model, installed, held_out)
+    else:
+        lines, accept = ["no held-out data (no samples, no corrections): the gate is skipped"], True
     for line in lines:
         print(line)
     if not accept:
