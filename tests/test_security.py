@@ -44,7 +44,7 @@ def test_failed_imap_login_never_shows_the_password(workdir, imap_server, caplog
     monkeypatch.setenv("TRIAGE_IMAP_TLS", "none")
     monkeypatch.setenv("TRIAGE_IMAP_USER", "someone@example.test")
     monkeypatch.setenv("TRIAGE_IMAP_PASSWORD", "Wr0ng-Pa55word")
-    assert main(["-vv", "run", "--once"]) in (1, 2)
+    assert main(["-vv", "run", "--once"]) == 2
     err = capsys.readouterr().err
     assert "login failed for someone@example.test" in err
     assert "Wr0ng-Pa55word" not in err + caplog.text
@@ -74,3 +74,20 @@ def test_message_content_is_data_not_template(hostile):
     assert hostile in text  # quoted as written, never evaluated
     assert "root:" not in text and "<class" not in text
     assert "<script>" not in html
+
+
+def test_refused_port_exits_2_with_one_line(workdir, capsys, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("TRIAGE_IMAP_HOST", "127.0.0.1")
+    monkeypatch.setenv("TRIAGE_IMAP_PORT", str(port))
+    monkeypatch.setenv("TRIAGE_IMAP_TLS", "none")
+    monkeypatch.setenv("TRIAGE_IMAP_USER", "someone@example.test")
+    monkeypatch.setenv("TRIAGE_IMAP_PASSWORD", "x")
+    assert main(["run", "--once"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "refused" in err

@@ -16,7 +16,7 @@ from types import FrameType
 
 from triage import __version__, classifier, evaluation
 from triage.config import Settings, load_settings
-from triage.errors import ConfigError, ModelError, SampleError, TriageError
+from triage.errors import ConfigError, MailboxError, ModelError, SampleError, TriageError
 from triage.journal import Journal
 from triage.mailbox import Mailbox
 from triage.maildir import DRAFTS, LocalMailbox
@@ -56,9 +56,22 @@ def _drafts_at(settings: Settings) -> str:
 
 
 # --- run
+def _connect(mailbox: Mailbox) -> None:
+    """Open the IMAP connection now: a wrong password, unknown host, refused port or untrusted
+    certificate is a configuration problem (exit status 2), not something to retry forever."""
+    connect = getattr(mailbox, "connect", None)
+    if connect is None:
+        return
+    try:
+        connect()
+    except MailboxError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     model = classifier.load(settings.model_path)
     mailbox = open_mailbox(settings)
+    _connect(mailbox)
     journal = Journal(settings.state_db, readonly=args.dry_run)
     worker = Worker(
         settings,

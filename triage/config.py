@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     smtp_tls: Tls = "starttls"
     smtp_user: str | None = None
     smtp_password: SecretStr | None = None
+    smtp_ca_file: Path | None = None  # extra CA to trust for SMTP (TRIAGE_IMAP_CA_FILE if unset)
 
     # --- state and model
     state_db: Path = Path("triage.sqlite3")
@@ -115,8 +116,10 @@ class Settings(BaseSettings):
                 f"TRIAGE_SMTP_TLS: 'none' is refused for {self.smtp_host}; "
                 "plain text is allowed only to a loopback host; use ssl or starttls"
             )
-        if self.imap_ca_file is not None and not self.imap_ca_file.is_file():
-            raise ValueError(f"TRIAGE_IMAP_CA_FILE: {self.imap_ca_file} is not a readable file")
+        for name in ("imap_ca_file", "smtp_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"TRIAGE_{name.upper()}: {path} is not a readable file")
         return self
 
     @property

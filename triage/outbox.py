@@ -107,8 +107,9 @@ class SmtpOutbox:
         self._password = settings.smtp_password
         self.timeout = timeout
         self._context = ssl.create_default_context()
-        if settings.imap_ca_file:
-            self._context.load_verify_locations(cafile=str(settings.imap_ca_file))
+        ca_file = settings.smtp_ca_file or settings.imap_ca_file
+        if ca_file:
+            self._context.load_verify_locations(cafile=str(ca_file))
 
     @property
     def description(self) -> str:

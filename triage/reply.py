@@ -12,7 +12,7 @@ import email.utils
 import re
 import tomllib
 from dataclasses import dataclass
-from email.headerregistry import Address
+from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -42,7 +42,26 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 _URL = re.compile(r"(https?://[^\s<>\"]+[^\s<>\".,;:!?)])|([\w.+-]+@[\w-]+(?:\.[\w-]+)+)")
 # Header lines may be up to RFC 5322's hard limit: the stdlib folds a long Message-ID by
 # RFC 2047-encoding it at 78, which breaks threading in every mail client.
-POLICY = SMTP.clone(max_line_length=998, cte_type="7bit")  # 7bit: safe on any server
+class _CachedHeaderRegistry(HeaderRegistry):
+    """The stdlib's header registry builds a new class for every header it makes; this one
+    builds each once (the same classes, so the same bytes: rendering takes half the time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        key = name.lower()
+        if key not in self._classes:
+            self._classes[key] = super().__getitem__(name)
+        return self._classes[key]
+
+
+POLICY = SMTP.clone(
+    max_line_length=998,
+    cte_type="7bit",  # 7bit: safe on any server
+    header_factory=_CachedHeaderRegistry(),
+)
 # At most this many lines of the original are quoted under a reply.
 _QUOTE_LINES = 200
 
