@@ -42,14 +42,19 @@ def main() -> None:
     router = Router.from_settings(settings)
     raws = [p.read_bytes() for p in sorted((ROOT / "samples" / "inbox").glob("*.eml"))]
     corpus = [raws[i % len(raws)] for i in range(args.messages)]
-    print(f"{len(corpus)} messages cycled from {len(raws)} samples, mean {sum(map(len, corpus)) // len(corpus)} bytes")
+    print(
+        f"{len(corpus)} messages cycled from {len(raws)} samples, mean {sum(map(len, corpus)) // len(corpus)} bytes"
+    )
 
     with threadpool_limits(1):
         rates = []
         for _ in range(3):
             started = time.perf_counter()
             for start in range(0, len(corpus), args.batch):
-                queries = [parse(raw, support_address=settings.support_address) for raw in corpus[start : start + args.batch]]
+                queries = [
+                    parse(raw, support_address=settings.support_address)
+                    for raw in corpus[start : start + args.batch]
+                ]
                 people = [q for q in queries if not q.automatic and not q.problem]
                 results = iter(model.classify_many(people))
                 for q in queries:
@@ -64,7 +69,9 @@ def main() -> None:
         for raw in corpus:
             parse(raw, support_address=settings.support_address)
         parse_only = len(corpus) / (time.perf_counter() - started)
-    print(f"batched (batch {args.batch}), one core: {statistics.median(rates):,.0f} messages/s (runs: {', '.join(f'{r:,.0f}' for r in rates)})")
+    print(
+        f"batched (batch {args.batch}), one core: {statistics.median(rates):,.0f} messages/s (runs: {', '.join(f'{r:,.0f}' for r in rates)})"
+    )
     print(f"one message at a time, one core: {one_by_one:,.0f} messages/s")
     print(f"parse + new text alone: {parse_only:,.0f} messages/s")
 
@@ -72,16 +79,27 @@ def main() -> None:
     colds = []
     for _ in range(3):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "triage", "classify", "--json", str(sample)], cwd=ROOT,
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "triage", "classify", "--json", str(sample)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         colds.append(time.perf_counter() - started)
-    print(f"`triage classify` of one message, cold start: {min(colds):.2f} s best, {statistics.median(colds):.2f} s median")
+    print(
+        f"`triage classify` of one message, cold start: {min(colds):.2f} s best, {statistics.median(colds):.2f} s median"
+    )
 
     if not args.skip_train:
         started = time.perf_counter()
         env = {**os.environ, "TRIAGE_MODEL_PATH": str(Path("/tmp") / f"bench-{os.getpid()}.joblib")}
-        subprocess.run([sys.executable, "-m", "triage", "train", "--samples", "/nonexistent"], cwd=ROOT, check=True,
-                       capture_output=True, env=env)
+        subprocess.run(
+            [sys.executable, "-m", "triage", "train", "--samples", "/nonexistent"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            env=env,
+        )
         print(f"`triage train`: {time.perf_counter() - started:.1f} s wall clock")
         Path(env["TRIAGE_MODEL_PATH"]).unlink(missing_ok=True)
         Path(env["TRIAGE_MODEL_PATH"]).with_suffix(".card.json").unlink(missing_ok=True)

@@ -12,6 +12,7 @@ question in the same email is found by scoring its sentences as well.
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -155,7 +156,7 @@ _TOKENS = re.compile(TOKEN_PATTERN)
 def word_features(prepared: str) -> list[str]:
     """Word 1- and 2-grams, exactly as scikit-learn's CountVectorizer makes them."""
     tokens = _TOKENS.findall(prepared)
-    return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
+    return tokens + [f"{a} {b}" for a, b in itertools.pairwise(tokens)]
 
 
 def char_features(prepared: str) -> list[str]:
@@ -188,7 +189,9 @@ class Scorer:
         chars = [i for i in map(self.char_vocab.get, char_features(prepared)) if i is not None]
         return words, chars
 
-    def _branch(self, found: list[int], idf: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    def _branch(
+        self, found: list[int], idf: np.ndarray, offset: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         if not found:
             return np.zeros(0, dtype=np.intp), np.zeros(0)
         ids, tf = np.unique(np.asarray(found, dtype=np.intp), return_counts=True)
@@ -402,7 +405,9 @@ def load(path: Path) -> Model:
     try:
         payload = joblib.load(path)
     except Exception as exc:  # a pickle can fail in many ways; none is recoverable here
-        raise ModelError(f"{path}: cannot be read ({type(exc).__name__}); run 'triage train'") from exc
+        raise ModelError(
+            f"{path}: cannot be read ({type(exc).__name__}); run 'triage train'"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path}: not a triage model of this version; run 'triage train'")
     installed = _sklearn_version()

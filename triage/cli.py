@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from email.parser import BytesHeaderParser
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from triage import __version__, classifier, evaluation
 from triage.config import Settings, load_settings
@@ -52,7 +53,9 @@ def open_mailbox(settings: Settings) -> Mailbox:
 def _drafts_at(settings: Settings) -> str:
     if settings.imap_host:
         return f"the Drafts folder of {settings.imap_user} on {settings.imap_host}"
-    return f"{settings.maildir / ('.' + DRAFTS)}/ (open it with any mail program that reads Maildir)"
+    return (
+        f"{settings.maildir / ('.' + DRAFTS)}/ (open it with any mail program that reads Maildir)"
+    )
 
 
 # --- run
@@ -142,9 +145,18 @@ def _cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     if not items:
         raise ConfigError("nothing to classify: give .eml files, directories, a Maildir or --text")
     for source, query, problem in items:
+        record: dict[str, Any]
         if query is None:
-            record = {"source": source, "message_id": None, "topic": None, "topics": [],
-                      "confidence": 0.0, "action": "human", "reason": problem, "text": ""}
+            record = {
+                "source": source,
+                "message_id": None,
+                "topic": None,
+                "topics": [],
+                "confidence": 0.0,
+                "action": "human",
+                "reason": problem,
+                "text": "",
+            }
         else:
             unreadable = query.automatic or query.problem
             result = None if unreadable else model.classify(query, explain=args.explain)
@@ -152,7 +164,9 @@ def _cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
             record = {
                 "source": source,
                 "message_id": query.message_id or None,
-                "topic": None if decision.action == "ignore" else (decision.topics[0] if decision.topics else "other"),
+                "topic": None
+                if decision.action == "ignore"
+                else (decision.topics[0] if decision.topics else "other"),
                 "topics": list(decision.topics),
                 "confidence": round(result.confidence, 4) if result else 0.0,
                 "action": decision.action,
@@ -161,12 +175,16 @@ def _cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
             }
             if args.explain and result is not None:
                 record["terms"] = list(result.terms)
-                record["scores"] = {k: round(v, 4) for k, v in sorted(result.scores.items(), key=lambda kv: -kv[1])[:3]}
+                record["scores"] = {
+                    k: round(v, 4)
+                    for k, v in sorted(result.scores.items(), key=lambda kv: -kv[1])[:3]
+                }
         if args.json:
             print(json.dumps(record, ensure_ascii=False))
         else:
             topics = ",".join(record["topics"]) or record["topic"] or "-"
-            line = f"{source}: {record['action']} {topics} ({record['confidence']:.2f}) {record['reason']}"
+            confidence = record["confidence"]
+            line = f"{source}: {record['action']} {topics} ({confidence:.2f}) {record['reason']}"
             if args.explain and "terms" in record:
                 line += f"\n  deciding terms: {', '.join(record['terms']) or '-'}"
             print(line)
@@ -201,7 +219,9 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         print(line)
     if args.samples and args.samples.is_dir():
         cases = evaluation.collect([args.samples])
-        scores = evaluation.score(evaluation.run(cases, model, Router.from_settings(settings), settings))
+        scores = evaluation.score(
+            evaluation.run(cases, model, Router.from_settings(settings), settings)
+        )
         print()
         for line in evaluation.report_lines(scores, title=f"held-out emails in {args.samples}/"):
             print(line)
@@ -244,19 +264,29 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     cases = evaluation.collect(args.paths or [Path("samples/inbox")])
     results = evaluation.run(cases, model, Router.from_settings(settings), settings)
     scores = evaluation.score(results)
-    for line in evaluation.report_lines(scores, title=f"{settings.model_path} on {len(cases)} labelled emails"):
+    for line in evaluation.report_lines(
+        scores, title=f"{settings.model_path} on {len(cases)} labelled emails"
+    ):
         print(line)
     wrong = [r for r in results if r.predicted != r.expected]
     if wrong:
         print("\nmisclassified:")
         for r in wrong:
-            print(f"  {r.case.path.name}: expected {';'.join(r.case.topics) or 'automatic'}, "
-                  f"got {r.predicted} ({r.decision.reason})")
+            print(
+                f"  {r.case.path.name}: expected {';'.join(r.case.topics) or 'automatic'}, "
+                f"got {r.predicted} ({r.decision.reason})"
+            )
     if args.html:
         from triage.report import write_html
 
-        write_html(args.html, results, scores, model, title=", ".join(map(str, args.paths or ["samples/inbox"])),
-                   model_path=str(settings.model_path))
+        write_html(
+            args.html,
+            results,
+            scores,
+            model,
+            title=", ".join(map(str, args.paths or ["samples/inbox"])),
+            model_path=str(settings.model_path),
+        )
         print(f"\nwrote {args.html}")
     return 0
 
@@ -274,7 +304,9 @@ def _cmd_load(args: argparse.Namespace, settings: Settings) -> int:
     mailbox = LocalMailbox(settings.maildir, folder=settings.imap_folder)
     parser = BytesHeaderParser()
     _, keys = mailbox.keys()
-    present = {str(parser.parsebytes(raw.raw).get("Message-ID", "")).strip() for raw in mailbox.fetch(keys)}
+    present = {
+        str(parser.parsebytes(raw.raw).get("Message-ID", "")).strip() for raw in mailbox.fetch(keys)
+    }
     added = skipped = 0
     for path in args.paths:
         for file in _message_files(path):
@@ -286,8 +318,10 @@ def _cmd_load(args: argparse.Namespace, settings: Settings) -> int:
             mailbox.add(raw, folder=settings.imap_folder)
             present.add(message_id)
             added += 1
-    print(f"loaded {added} messages into {mailbox.folder_path(settings.imap_folder)}/new/"
-          + (f" ({skipped} already there)" if skipped else ""))
+    print(
+        f"loaded {added} messages into {mailbox.folder_path(settings.imap_folder)}/new/"
+        + (f" ({skipped} already there)" if skipped else "")
+    )
     return 0
 
 
@@ -297,48 +331,90 @@ def build_parser() -> argparse.ArgumentParser:
         description="Email triage and auto-reply worker for the ECT programme's support mailbox.",
     )
     parser.add_argument("--version", action="version", version=f"triage {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("run", help="watch the mailbox and handle each new message",
-                       description="Watch the configured mailbox (IMAP, or the local Maildir) and "
-                       "handle each new message: classify, draft a reply, forward or hand off.")
-    p.add_argument("--once", action="store_true", help="handle what is new, print a summary and exit")
+    p = sub.add_parser(
+        "run",
+        help="watch the mailbox and handle each new message",
+        description="Watch the configured mailbox (IMAP, or the local Maildir) and "
+        "handle each new message: classify, draft a reply, forward or hand off.",
+    )
+    p.add_argument(
+        "--once", action="store_true", help="handle what is new, print a summary and exit"
+    )
     p.add_argument("--dry-run", action="store_true", help="decide and report, write nothing at all")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("classify", help="classify emails or a text; touches no mailbox",
-                       description="Classify .eml files, directories of them, a Maildir, or a text.")
-    p.add_argument("paths", nargs="*", type=Path, metavar="PATH", help=".eml file, directory or Maildir")
-    p.add_argument("--text", action="append", metavar="TEXT", help="classify this text (repeatable)")
+    p = sub.add_parser(
+        "classify",
+        help="classify emails or a text; touches no mailbox",
+        description="Classify .eml files, directories of them, a Maildir, or a text.",
+    )
+    p.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH", help=".eml file, directory or Maildir"
+    )
+    p.add_argument(
+        "--text", action="append", metavar="TEXT", help="classify this text (repeatable)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per message, one per line")
     p.add_argument("--explain", action="store_true", help="show the terms that decided")
     p.set_defaults(func=_cmd_classify)
 
-    p = sub.add_parser("train", help="train the model from the training data and print its report",
-                       description="Check the training data, cross-validate, choose the thresholds, "
-                       "write the model and its card to models/.")
+    p = sub.add_parser(
+        "train",
+        help="train the model from the training data and print its report",
+        description="Check the training data, cross-validate, choose the thresholds, "
+        "write the model and its card to models/.",
+    )
     p.add_argument("--seed", type=int, default=classifier.SEED, help="random seed (default: fixed)")
-    p.add_argument("--force", action="store_true",
-                   help="install the new model even when it is worse than the installed one")
-    p.add_argument("--samples", type=Path, default=Path("samples/inbox"), metavar="DIR",
-                   help="held-out labelled emails to report on (never trained on; default samples/inbox)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="install the new model even when it is worse than the installed one",
+    )
+    p.add_argument(
+        "--samples",
+        type=Path,
+        default=Path("samples/inbox"),
+        metavar="DIR",
+        help="held-out labelled emails to report on (never trained on; default samples/inbox)",
+    )
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate the installed model on labelled emails",
-                       description="Score the installed model on labelled .eml files (labels.csv beside them).")
-    p.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="labelled .eml files or directories (default samples/inbox)")
-    p.add_argument("--html", type=Path, metavar="FILE", help="also write the report as one HTML page")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate the installed model on labelled emails",
+        description="Score the installed model on labelled .eml files (labels.csv beside them).",
+    )
+    p.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="labelled .eml files or directories (default samples/inbox)",
+    )
+    p.add_argument(
+        "--html", type=Path, metavar="FILE", help="also write the report as one HTML page"
+    )
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("config", help="print the effective settings, secrets masked",
-                       description="Print every TRIAGE_ setting as it is in force, secrets masked.")
+    p = sub.add_parser(
+        "config",
+        help="print the effective settings, secrets masked",
+        description="Print every TRIAGE_ setting as it is in force, secrets masked.",
+    )
     p.set_defaults(func=_cmd_config)
 
-    p = sub.add_parser("load", help="deliver .eml files into the local Maildir's INBOX",
-                       description="Copy .eml files (or directories of them) into the local Maildir, "
-                       "unchanged, skipping Message-IDs already there.")
+    p = sub.add_parser(
+        "load",
+        help="deliver .eml files into the local Maildir's INBOX",
+        description="Copy .eml files (or directories of them) into the local Maildir, "
+        "unchanged, skipping Message-IDs already there.",
+    )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help=".eml file or directory")
     p.set_defaults(func=_cmd_load)
 
@@ -353,8 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose > 1 else logging.INFO if (args.verbose or args.command == "run") else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    level = (
+        logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if (args.verbose or args.command == "run")
+        else logging.WARNING
+    )
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     # imapclient logs the start of every APPENDed message at DEBUG: bodies never reach our logs.
     logging.getLogger("imapclient").setLevel(max(level, logging.INFO))
     try:

@@ -171,7 +171,9 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(_describe(dict(e)) for e in exc.errors())
-        raise ConfigError(f"bad configuration: {problems} (set it in the environment or .env)") from exc
+        raise ConfigError(
+            f"bad configuration: {problems} (set it in the environment or .env)"
+        ) from exc
 
 
 __all__ = ["Mode", "Settings", "is_loopback", "load_settings"]

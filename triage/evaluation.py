@@ -35,7 +35,9 @@ class Scores:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def score_labels(expected: Sequence[str], predicted: Sequence[str]) -> tuple[dict[str, tuple[float, float, float, int]], float, list[tuple[str, str, int]]]:
+def score_labels(
+    expected: Sequence[str], predicted: Sequence[str]
+) -> tuple[dict[str, tuple[float, float, float, int]], float, list[tuple[str, str, int]]]:
     """Per-label P/R/F1 over the labels that occur, their macro-F1, and the confusion pairs."""
     labels = [label for label in LABELS if label in set(expected) | set(predicted)]
     per: dict[str, tuple[float, float, float, int]] = {}
@@ -102,8 +104,10 @@ def read_labels(path: Path, emails: Path) -> dict[Path, tuple[tuple[str, ...], s
             unknown = [t for t in topics if t not in LABELS]
             if unknown or kind not in KINDS:
                 raise SampleError(
-                    f"{path}:{n}: unknown topic {unknown[0]!r}; known topics are in triage/topics.py"
-                    if unknown else f"{path}:{n}: unknown kind {kind!r}; one of {', '.join(KINDS)}"
+                    f"{path}:{n}: unknown topic {unknown[0]!r}; "
+                    "known topics are in triage/topics.py"
+                    if unknown
+                    else f"{path}:{n}: unknown kind {kind!r}; one of {', '.join(KINDS)}"
                 )
             out[(emails / row["file"].strip()).resolve()] = (topics, kind)
     return out
@@ -134,18 +138,24 @@ def collect(paths: Sequence[Path]) -> list[Case]:
 def run(cases: Sequence[Case], model: Model, router: Router, settings: Settings) -> list[Result]:
     queries = [parse(c.path.read_bytes(), support_address=settings.support_address) for c in cases]
     readable = [i for i, q in enumerate(queries) if not q.automatic and not q.problem]
-    classified = dict(zip(readable, model.classify_many([queries[i] for i in readable]), strict=True))
+    classified = dict(
+        zip(readable, model.classify_many([queries[i] for i in readable]), strict=True)
+    )
     results = []
     for i, (case, query) in enumerate(zip(cases, queries, strict=True)):
         result = classified.get(i)
-        results.append(Result(case, query, router.route(query, result), result.label if result else ""))
+        results.append(
+            Result(case, query, router.route(query, result), result.label if result else "")
+        )
     return results
 
 
 def score(results: Sequence[Result]) -> Scores:
     """The figures of the issue's targets, over labelled emails."""
     people = [r for r in results if r.case.kind != "automatic"]
-    per, macro, confusions = score_labels([r.expected for r in people], [r.predicted for r in people])
+    per, macro, confusions = score_labels(
+        [r.expected for r in people], [r.predicted for r in people]
+    )
     answered = [r for r in people if r.decision.action in ("reply", "forward")]
     right = [r for r in answered if r.predicted in r.case.topics and r.predicted != OTHER]
     single = [r for r in people if r.case.kind == "single"]
@@ -158,17 +168,20 @@ def score(results: Sequence[Result]) -> Scores:
         reply_precision=len(right) / len(answered) if answered else 0.0,
         coverage=(
             sum(1 for r in single if r.decision.action in ("reply", "forward")) / len(single)
-            if single else 0.0
+            if single
+            else 0.0
         ),
         replied=len(answered),
         extra={
             "multi_all_found": (
                 sum(1 for r in multi if set(r.case.topics) <= set(r.decision.topics)) / len(multi)
-                if multi else 0.0
+                if multi
+                else 0.0
             ),
             "automatic_ignored": (
                 sum(1 for r in automatic if r.decision.action == "ignore") / len(automatic)
-                if automatic else 0.0
+                if automatic
+                else 0.0
             ),
             "people_ignored": float(sum(1 for r in people if r.decision.action == "ignore")),
             "emails": float(len(results)),
@@ -186,7 +199,9 @@ def report_lines(scores: Scores, *, title: str) -> list[str]:
     lines.append(f"reply precision     {scores.reply_precision:.3f}  ({scores.replied} answered)")
     lines.append(f"coverage            {scores.coverage:.3f}")
     for name, value in scores.extra.items():
-        shown = f"{value:.3f}" if value < 1 or name.startswith(("multi", "automatic")) else f"{value:g}"
+        shown = (
+            f"{value:.3f}" if value < 1 or name.startswith(("multi", "automatic")) else f"{value:g}"
+        )
         lines.append(f"{name.replace('_', ' '):<20}{shown}")
     if scores.confusions:
         lines.append("")

@@ -39,7 +39,12 @@ _AUTOMATIC_SUBJECT = re.compile(
 _REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|antw|réf|ref)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
 _FORWARD_PREFIX = re.compile(r"^\s*(fwd?|fw|tr|wg)\s*:", re.IGNORECASE)
 # Charsets mail claims but Python does not know, or that lie: decode as their usual superset.
-_CHARSET_ALIASES = {"iso-8859-1": "cp1252", "latin-1": "cp1252", "us-ascii": "cp1252", "ascii": "cp1252"}
+_CHARSET_ALIASES = {
+    "iso-8859-1": "cp1252",
+    "latin-1": "cp1252",
+    "us-ascii": "cp1252",
+    "ascii": "cp1252",
+}
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,7 @@ def _automatic(message: Message, sender: str, support_address: str, subject: str
     precedence = (message.get("Precedence") or "").strip().lower()
     if precedence in _BULK_PRECEDENCE:
         return f"Precedence: {precedence}"
-    for name in message.keys():
+    for name in message:
         if name.lower().startswith("list-"):
             return f"mailing list ({name} header)"
     for name in _AUTOMATIC_HEADERS:

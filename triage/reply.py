@@ -31,15 +31,34 @@ from triage.routing import Contact, Decision
 from triage.topics import TOPICS
 
 # Titles people put before their name in a display name.
-_TITLES = frozenset({"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "professor", "sir", "dame", "rev"})
+_TITLES = frozenset(
+    {"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "professor", "sir", "dame", "rev"}
+)
 # Words that mark a display name as an office or a team, not a person.
 _NOT_A_PERSON = frozenset(
-    {"school", "office", "admin", "team", "academy", "trust", "support", "enquiries", "info",
-     "reception", "finance", "hr", "college", "primary", "secondary"}
+    {
+        "school",
+        "office",
+        "admin",
+        "team",
+        "academy",
+        "trust",
+        "support",
+        "enquiries",
+        "info",
+        "reception",
+        "finance",
+        "hr",
+        "college",
+        "primary",
+        "secondary",
+    }
 )
 _REPLY_PREFIXES = re.compile(r"^\s*((re|aw|sv|antw|fwd?|fw)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 _URL = re.compile(r"(https?://[^\s<>\"]+[^\s<>\".,;:!?)])|([\w.+-]+@[\w-]+(?:\.[\w-]+)+)")
+
+
 # Header lines may be up to RFC 5322's hard limit: the stdlib folds a long Message-ID by
 # RFC 2047-encoding it at 78, which breaks threading in every mail client.
 class _CachedHeaderRegistry(HeaderRegistry):
@@ -89,7 +108,7 @@ def reply_subject(subject: str) -> str:
 def _capitalise(word: str) -> str:
     if not word.isupper() and not word.islower():
         return word  # keep mixed case as the sender wrote it (McDonald, DeSouza)
-    return re.sub(r"(^|[-'’])(\w)", lambda m: m.group(1) + m.group(2).upper(), word.lower())
+    return re.sub(r"(^|[-'\u2019])(\w)", lambda m: m.group(1) + m.group(2).upper(), word.lower())
 
 
 def greeting(display_name: str) -> str:
@@ -108,7 +127,7 @@ def greeting(display_name: str) -> str:
     if not rest:
         return "Hello,"
     given = rest[0]
-    if title and (len(given) == 1 or len(rest) > 1 and len(given) <= 2 and given.isupper()):
+    if title and (len(given) == 1 or (len(rest) > 1 and len(given) <= 2 and given.isupper())):
         # "Mrs J Thompson" -> "Dear Mrs Thompson,"
         return f"Dear {_capitalise(title)} {_capitalise(rest[-1])},"
     if len(given) == 1:
@@ -199,8 +218,9 @@ class Composer:
     def _from(self) -> Address:
         return _address(self.settings.reply_from_name, self.settings.support_address)
 
-    def _base(self, to: Address, subject: str, source: Query, topics: tuple[str, ...],
-              confidence: float) -> EmailMessage:
+    def _base(
+        self, to: Address, subject: str, source: Query, topics: tuple[str, ...], confidence: float
+    ) -> EmailMessage:
         domain = self.settings.support_address.rpartition("@")[2]
         message = EmailMessage(policy=POLICY)
         message["From"] = self._from()
@@ -227,7 +247,9 @@ class Composer:
         )
         return Reply(reply, forwards)
 
-    def render_reply(self, decision: Decision, query: Query, *, automatic: bool = False) -> EmailMessage:
+    def render_reply(
+        self, decision: Decision, query: Query, *, automatic: bool = False
+    ) -> EmailMessage:
         sections = [
             {"topic": t, "heading": self.heading(t), "body": self.answer(t, decision)}
             for t in decision.topics
@@ -249,7 +271,10 @@ class Composer:
         html = self._render(self._html, "_layout.html.j2", context)
         message = self._base(
             _address(query.sender_name, query.reply_to or query.sender_address),
-            subject, query, decision.topics, decision.confidence,
+            subject,
+            query,
+            decision.topics,
+            decision.confidence,
         )
         if query.message_id:
             message["In-Reply-To"] = clean_header(query.message_id)
@@ -264,8 +289,16 @@ class Composer:
         message.add_alternative(html, subtype="html")
         return message
 
-    def render_forward(self, decision: Decision, query: Query, party: str, address: str, *,
-                       replied: bool, raw: bytes | None = None) -> EmailMessage:
+    def render_forward(
+        self,
+        decision: Decision,
+        query: Query,
+        party: str,
+        address: str,
+        *,
+        replied: bool,
+        raw: bytes | None = None,
+    ) -> EmailMessage:
         context = {
             "sender": _address(query.sender_name, query.sender_address or "unknown@invalid"),
             "headings": [self.heading(t) for t in decision.topics] or ["a question for a person"],
@@ -277,8 +310,11 @@ class Composer:
         text = self._render(self._text, "_forward.txt.j2", context).strip() + "\n"
         subject = clean_header(query.subject) or "(no subject)"
         message = self._base(
-            Address(addr_spec=address), f"Fwd: {_REPLY_PREFIXES.sub('', subject)}", query,
-            decision.topics, decision.confidence,
+            Address(addr_spec=address),
+            f"Fwd: {_REPLY_PREFIXES.sub('', subject)}",
+            query,
+            decision.topics,
+            decision.confidence,
         )
         message["Auto-Submitted"] = "auto-replied"  # sent without a person pressing send
         message.set_content(text)

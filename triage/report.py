@@ -19,10 +19,14 @@ def _heat(count: int, diagonal: bool) -> str:
     if not count:
         return "#fff"
     strength = min(1.0, 0.25 + count / 8)
-    return f"rgba(60, 160, 90, {strength:.2f})" if diagonal else f"rgba(210, 70, 60, {strength:.2f})"
+    return (
+        f"rgba(60, 160, 90, {strength:.2f})" if diagonal else f"rgba(210, 70, 60, {strength:.2f})"
+    )
 
 
-def render_html(results: Sequence[Result], scores: Scores, model: Model, *, title: str, model_path: str) -> str:
+def render_html(
+    results: Sequence[Result], scores: Scores, model: Model, *, title: str, model_path: str
+) -> str:
     env = Environment(
         loader=PackageLoader("triage", "templates"),
         autoescape=select_autoescape(["html", "j2"]),
@@ -60,8 +64,15 @@ def render_html(results: Sequence[Result], scores: Scores, model: Model, *, titl
     )
 
 
-def write_html(path: Path, results: Sequence[Result], scores: Scores, model: Model, *, title: str = "",
-               model_path: str = "") -> None:
+def write_html(
+    path: Path,
+    results: Sequence[Result],
+    scores: Scores,
+    model: Model,
+    *,
+    title: str = "",
+    model_path: str = "",
+) -> None:
     """Write the report page; a path that cannot be written is a TriageError."""
     page = render_html(results, scores, model, title=title or str(path), model_path=model_path)
     try:

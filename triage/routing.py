@@ -98,7 +98,9 @@ def load_table(path: Path) -> Table:
     rules: dict[str, Rule] = {}
     for topic, entry in data.get("topics", {}).items():
         if topic not in TOPICS:
-            raise ConfigError(f"{path}: unknown topic {topic!r}; known topics are in triage/topics.py")
+            raise ConfigError(
+                f"{path}: unknown topic {topic!r}; known topics are in triage/topics.py"
+            )
         rules[topic] = _rule(f"{path} [topics.{topic}]", entry)
     return Table(rules, default)
 
@@ -126,7 +128,9 @@ def load_directory(path: Path | None) -> dict[str, School]:
                 )
             return schools
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the directory file; check TRIAGE_DIRECTORY_FILE") from exc
+        raise ConfigError(
+            f"{path}: cannot read the directory file; check TRIAGE_DIRECTORY_FILE"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -178,8 +182,7 @@ class Router:
                 why = f"not an FAQ question (other, {result.confidence:.2f})"
             else:
                 why = (
-                    f"unsure: {result.label} at {result.confidence:.2f}, "
-                    f"margin {result.margin:.2f}"
+                    f"unsure: {result.label} at {result.confidence:.2f}, margin {result.margin:.2f}"
                 )
             return Decision("human", (), why, result.confidence)
         school = self.school(query)
@@ -196,7 +199,9 @@ class Router:
         if forwards:
             reason += "; forward to " + ", ".join(party for party, _ in forwards)
         action: Action = "reply" if replies else "forward"
-        return Decision(action, result.topics, reason, result.confidence, tuple(forwards), school, safe)
+        return Decision(
+            action, result.topics, reason, result.confidence, tuple(forwards), school, safe
+        )
 
 
 __all__ = [

@@ -64,7 +64,10 @@ def build_pipeline(*, c: float = 10.0, seed: int = classifier.SEED) -> Pipeline:
     """
     words = Pipeline(
         [
-            ("counts", CountVectorizer(lowercase=False, ngram_range=(1, 2), token_pattern=TOKEN_PATTERN)),
+            (
+                "counts",
+                CountVectorizer(lowercase=False, ngram_range=(1, 2), token_pattern=TOKEN_PATTERN),
+            ),
             ("tfidf", TfidfTransformer(sublinear_tf=True)),
         ]
     )
@@ -73,8 +76,11 @@ def build_pipeline(*, c: float = 10.0, seed: int = classifier.SEED) -> Pipeline:
             (
                 "counts",
                 CountVectorizer(
-                    lowercase=False, analyzer="char_wb", ngram_range=(CHAR_N, CHAR_N),
-                    min_df=2, max_features=60000,
+                    lowercase=False,
+                    analyzer="char_wb",
+                    ngram_range=(CHAR_N, CHAR_N),
+                    min_df=2,
+                    max_features=60000,
                 ),
             ),
             ("tfidf", TfidfTransformer(sublinear_tf=True)),
@@ -84,7 +90,12 @@ def build_pipeline(*, c: float = 10.0, seed: int = classifier.SEED) -> Pipeline:
         [
             ("prepare", FunctionTransformer(prepare_all)),
             ("features", FeatureUnion([("words", words), ("chars", chars)])),
-            ("clf", LogisticRegression(C=c, max_iter=2000, tol=1e-3, class_weight="balanced", random_state=seed)),
+            (
+                "clf",
+                LogisticRegression(
+                    C=c, max_iter=2000, tol=1e-3, class_weight="balanced", random_state=seed
+                ),
+            ),
         ]
     )
 
@@ -121,7 +132,9 @@ def read_examples(path: Path) -> list[Example]:
             if not reader.fieldnames or not {"topic", "text"} <= set(reader.fieldnames):
                 raise SampleError(f"{path}: needs the columns topic,text (has {reader.fieldnames})")
             return [
-                Example((row["topic"] or "").strip(), (row["text"] or "").strip(), f"{path.name}:{n}")
+                Example(
+                    (row["topic"] or "").strip(), (row["text"] or "").strip(), f"{path.name}:{n}"
+                )
                 for n, row in enumerate(reader, start=2)
             ]
     except FileNotFoundError as exc:
@@ -151,7 +164,9 @@ def check(
     seen: dict[str, Example] = {}
     for ex in examples:
         if ex.label not in LABELS:
-            problems.append(f"{ex.source}: unknown topic {ex.label!r}; known topics are in triage/topics.py")
+            problems.append(
+                f"{ex.source}: unknown topic {ex.label!r}; known topics are in triage/topics.py"
+            )
         if not ex.text:
             problems.append(f"{ex.source}: empty text")
             continue
@@ -174,11 +189,15 @@ def check(
     for label in LABELS:
         need = min_other if label == OTHER else min_per_topic
         if counts[label] < need:
-            problems.append(f"topic {label!r} has {counts[label]} examples; at least {need} are needed")
+            problems.append(
+                f"topic {label!r} has {counts[label]} examples; at least {need} are needed"
+            )
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise SampleError(f"training data check failed ({len(problems)} problems):\n  {shown}{more}")
+        raise SampleError(
+            f"training data check failed ({len(problems)} problems):\n  {shown}{more}"
+        )
     return counts
 
 
@@ -198,14 +217,14 @@ def load_fillers(directory: Path) -> Fillers | None:
         return None
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-        return Fillers(
-            tuple(data["openings"]), tuple(data["context"]), tuple(data["closings"])
-        )
+        return Fillers(tuple(data["openings"]), tuple(data["context"]), tuple(data["closings"]))
     except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
         raise SampleError(f"{path}: needs lists openings, context and closings ({exc})") from exc
 
 
-def augment(examples: Sequence[Example], fillers: Fillers, *, seed: int, copies: int = AUGMENT_COPIES) -> list[Example]:
+def augment(
+    examples: Sequence[Example], fillers: Fillers, *, seed: int, copies: int = AUGMENT_COPIES
+) -> list[Example]:
     """Copies of the examples set inside an email: an opening, one or two context sentences,
     the text, and often a closing, the way real support mail arrives."""
     rng = np.random.default_rng(seed)
@@ -215,7 +234,9 @@ def augment(examples: Sequence[Example], fillers: Fillers, *, seed: int, copies:
             opening = fillers.openings[rng.integers(len(fillers.openings))]
             picked = rng.choice(len(fillers.context), size=int(rng.integers(1, 3)), replace=False)
             context = " ".join(fillers.context[i] for i in picked)
-            closing = fillers.closings[rng.integers(len(fillers.closings))] if rng.random() < 0.6 else ""
+            closing = (
+                fillers.closings[rng.integers(len(fillers.closings))] if rng.random() < 0.6 else ""
+            )
             body = "\n\n".join(part for part in (opening, context, ex.text, closing) if part)
             out.append(Example(ex.label, body, f"{ex.source}+{n + 1}"))
     return out
@@ -228,7 +249,9 @@ def digest(examples: Sequence[Example]) -> str:
     return h.hexdigest()[:16]
 
 
-def _replied(probs: np.ndarray, labels: list[str], threshold: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
+def _replied(
+    probs: np.ndarray, labels: list[str], threshold: float, margin: float
+) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(probs, axis=1)
     top = order[:, -1]
     best = probs[np.arange(len(probs)), top]
@@ -258,7 +281,9 @@ def choose_thresholds(
     return best
 
 
-def _fold(train_texts: list[str], train_labels: list[str], test_texts: list[str]) -> tuple[list[str], np.ndarray]:
+def _fold(
+    train_texts: list[str], train_labels: list[str], test_texts: list[str]
+) -> tuple[list[str], np.ndarray]:
     """Fit on one fold and predict the held-out part (runs in a worker process)."""
     with threadpool_limits(1):  # one BLAS thread per process: faster than two fighting
         pipe = build_pipeline()
@@ -305,7 +330,9 @@ def train(
         n = len(examples)
         return [*idx.tolist(), *(n + i * copies + c for i in idx.tolist() for c in range(copies))]
 
-    splits = [(_with_copies(tr), _with_copies(te)) for tr, te in splitter.split(originals, originals)]
+    splits = [
+        (_with_copies(tr), _with_copies(te)) for tr, te in splitter.split(originals, originals)
+    ]
     progress(f"cross-validation: {folds} folds, {JOBS} at a time, {len(texts)} texts")
     fitted = Parallel(n_jobs=JOBS, prefer="processes")(
         delayed(_fold)([texts[i] for i in tr], [truth[i] for i in tr], [texts[i] for i in te])
@@ -317,7 +344,7 @@ def train(
     threshold, margin, precision, coverage = choose_thresholds(probs, labels, truth)
     predicted = [labels[i] for i in probs.argmax(axis=1)]
     per, macro, confusions = score_labels(truth, predicted)
-    top, replied = _replied(probs, labels, threshold, margin)
+    _, replied = _replied(probs, labels, threshold, margin)
     scores = Scores(per, macro, confusions, precision, coverage, int(replied.sum()))
     progress("fitting the final model on all data")
     pipe = build_pipeline()
@@ -339,7 +366,9 @@ def train(
             "folds": folds,
             "seed": seed,
             "macro_f1": round(macro, 4),
-            "per_topic": {k: [round(v[0], 4), round(v[1], 4), round(v[2], 4), v[3]] for k, v in per.items()},
+            "per_topic": {
+                k: [round(v[0], 4), round(v[1], 4), round(v[2], 4), v[3]] for k, v in per.items()
+            },
             "reply_precision": round(precision, 4),
             "coverage": round(coverage, 4),
         },
@@ -383,4 +412,3 @@ __all__ = [
     "train",
     "write_card",
 ]
-
