@@ -12,9 +12,12 @@ import email.utils
 import re
 import tomllib
 from dataclasses import dataclass
-from email.headerregistry import Address, HeaderRegistry
+from email.charset import QP, Charset
+from email.contentmanager import raw_data_manager
+from email.header import Header
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import Compat32
+from email.utils import formataddr
 from pathlib import Path
 from typing import Any
 
@@ -61,26 +64,41 @@ _URL = re.compile(r"(https?://[^\s<>\"]+[^\s<>\".,;:!?)])|([\w.+-]+@[\w-]+(?:\.[
 
 # Header lines may be up to RFC 5322's hard limit: the stdlib folds a long Message-ID by
 # RFC 2047-encoding it at 78, which breaks threading in every mail client.
-class _CachedHeaderRegistry(HeaderRegistry):
-    """The stdlib's header registry builds a new class for every header it makes; this one
-    builds each once (the same classes, so the same bytes: rendering takes half the time)."""
+class _Policy(Compat32):
+    """How replies are built: compat32's plain-string headers (three times faster than the
+    header objects of ``policy.default``; every value is cleaned and encoded here first), lines
+    up to RFC 5322's hard limit (the stdlib folds a long Message-ID into RFC 2047 words at 78,
+    which breaks threading), and a content manager so ``get_content()`` works as usual."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._classes: dict[str, type] = {}
-
-    def __getitem__(self, name: str) -> type:
-        key = name.lower()
-        if key not in self._classes:
-            self._classes[key] = super().__getitem__(name)
-        return self._classes[key]
+    content_manager = raw_data_manager
+    message_factory = EmailMessage
 
 
-POLICY = SMTP.clone(
-    max_line_length=998,
-    cte_type="7bit",  # 7bit: safe on any server
-    header_factory=_CachedHeaderRegistry(),
-)
+POLICY = _Policy(max_line_length=998)
+# Bodies: UTF-8, quoted-printable (7-bit safe on any server, readable in the raw).
+_UTF8 = Charset("utf-8")
+_UTF8.body_encoding = QP
+
+
+def _header(value: str) -> str:
+    """A cleaned header value, RFC 2047-encoded when it is not ASCII."""
+    value = clean_header(value)
+    return value if value.isascii() else Header(value, "utf-8", maxlinelen=998).encode()
+
+
+def _mailbox(name: str, address: str) -> str:
+    """``Name <address>`` with the name quoted or encoded as needed."""
+    return formataddr((clean_header(name), address), charset="utf-8")
+
+
+def _text_part(text: str, subtype: str) -> EmailMessage:
+    part = EmailMessage(policy=POLICY)
+    part.set_payload(text, _UTF8)
+    part.set_type(f"text/{subtype}")
+    del part["MIME-Version"]
+    return part
+
+
 # At most this many lines of the original are quoted under a reply.
 _QUOTE_LINES = 200
 
@@ -215,23 +233,20 @@ class Composer:
     def heading(self, topic: str) -> str:
         return str(self.headings.get(topic, topic))
 
-    def _from(self) -> Address:
-        return _address(self.settings.reply_from_name, self.settings.support_address)
-
     def _base(
-        self, to: Address, subject: str, source: Query, topics: tuple[str, ...], confidence: float
+        self, to: str, subject: str, source: Query, topics: tuple[str, ...], confidence: float
     ) -> EmailMessage:
         domain = self.settings.support_address.rpartition("@")[2]
         message = EmailMessage(policy=POLICY)
-        message["From"] = self._from()
+        message["From"] = _mailbox(self.settings.reply_from_name, self.settings.support_address)
         message["To"] = to
-        message["Subject"] = subject
+        message["Subject"] = _header(subject)
         message["Date"] = email.utils.formatdate(localtime=False)
         message["Message-ID"] = email.utils.make_msgid(domain=domain)
         message["X-Triage-Topic"] = ",".join(topics)
         message["X-Triage-Confidence"] = f"{confidence:.3f}"
         if source.message_id:
-            message[SOURCE_HEADER] = clean_header(source.message_id)
+            message[SOURCE_HEADER] = _header(source.message_id)
         return message
 
     def render(
@@ -270,23 +285,25 @@ class Composer:
         text = self._render(self._text, "_layout.txt.j2", context).strip() + "\n"
         html = self._render(self._html, "_layout.html.j2", context)
         message = self._base(
-            _address(query.sender_name, query.reply_to or query.sender_address),
+            _mailbox(query.sender_name, query.reply_to or query.sender_address),
             subject,
             query,
             decision.topics,
             decision.confidence,
         )
         if query.message_id:
-            message["In-Reply-To"] = clean_header(query.message_id)
+            message["In-Reply-To"] = _header(query.message_id)
             refs = [*query.references]
             if query.in_reply_to and query.in_reply_to not in refs:
                 refs.append(query.in_reply_to)
             refs.append(query.message_id)
-            message["References"] = clean_header(" ".join(dict.fromkeys(refs)))
+            message["References"] = _header(" ".join(dict.fromkeys(refs)))
         if automatic:
             message["Auto-Submitted"] = "auto-replied"  # RFC 3834 s. 5
-        message.set_content(text)
-        message.add_alternative(html, subtype="html")
+        message["MIME-Version"] = "1.0"
+        message["Content-Type"] = "multipart/alternative"
+        message.attach(_text_part(text, "plain"))
+        message.attach(_text_part(html, "html"))
         return message
 
     def render_forward(
@@ -300,7 +317,7 @@ class Composer:
         raw: bytes | None = None,
     ) -> EmailMessage:
         context = {
-            "sender": _address(query.sender_name, query.sender_address or "unknown@invalid"),
+            "sender": _mailbox(query.sender_name, query.sender_address or "unknown@invalid"),
             "headings": [self.heading(t) for t in decision.topics] or ["a question for a person"],
             "party": party,
             "reason": decision.reason,
@@ -310,30 +327,29 @@ class Composer:
         text = self._render(self._text, "_forward.txt.j2", context).strip() + "\n"
         subject = clean_header(query.subject) or "(no subject)"
         message = self._base(
-            Address(addr_spec=address),
+            address,
             f"Fwd: {_REPLY_PREFIXES.sub('', subject)}",
             query,
             decision.topics,
             decision.confidence,
         )
         message["Auto-Submitted"] = "auto-replied"  # sent without a person pressing send
-        message.set_content(text)
-        if raw is not None:  # the original, unchanged, as message/rfc822
-            original = email.message_from_bytes(raw, policy=POLICY)
-            message.add_attachment(original, disposition="attachment", filename="original.eml")
+        message["MIME-Version"] = "1.0"
+        if raw is None:
+            message.set_payload(text, _UTF8)
+            return message
+        message["Content-Type"] = "multipart/mixed"
+        message.attach(_text_part(text, "plain"))
+        attached = EmailMessage(policy=POLICY)  # the original, unchanged, as message/rfc822
+        attached["Content-Type"] = "message/rfc822"
+        attached["Content-Disposition"] = 'attachment; filename="original.eml"'
+        attached.set_payload([email.message_from_bytes(raw, policy=POLICY)])
+        message.attach(attached)
         return message
 
 
 def _contact(contact: Contact | None) -> dict[str, str] | None:
     return {"name": contact.name, "email": contact.email} if contact else None
-
-
-def _address(name: str, addr: str) -> Address:
-    name = clean_header(name)
-    try:
-        return Address(display_name=name, addr_spec=addr)
-    except (ValueError, IndexError):
-        return Address(addr_spec=addr)
 
 
 __all__ = ["Composer", "Reply", "clean_header", "greeting", "reply_subject"]
