@@ -82,3 +82,15 @@ def smtp_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory with the repo's models/ and replies/, as a user's checkout has
+    them, and no TRIAGE_ mail servers or mode from the environment: the embedded default."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("models", "replies"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    for variable in ("TRIAGE_IMAP_HOST", "TRIAGE_SMTP_HOST", "TRIAGE_MODE"):
+        monkeypatch.delenv(variable, raising=False)
+    return tmp_path

@@ -14,17 +14,6 @@ with (ROOT / "samples" / "labels.csv").open(newline="") as _fh:
     LABELS = {row["file"]: row for row in csv.DictReader(_fh)}
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A fresh directory with the repo's models/ and replies/, and the samples loaded."""
-    monkeypatch.chdir(tmp_path)
-    for name in ("models", "replies"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    for variable in ("TRIAGE_IMAP_HOST", "TRIAGE_SMTP_HOST", "TRIAGE_MODE"):
-        monkeypatch.delenv(variable, raising=False)
-    return tmp_path
-
-
 def _folder(path):
     files = [*path.glob("new/*"), *path.glob("cur/*")]
     return [email.message_from_bytes(f.read_bytes(), policy=default) for f in files]

@@ -5,7 +5,7 @@ import email
 from email.policy import default
 
 import pytest
-from conftest import ROOT, SAMPLES
+from conftest import SAMPLES
 
 from triage.actions import may_send
 from triage.cli import main
@@ -17,14 +17,10 @@ QUESTION = SAMPLES / "glossary-01.eml"  # glossary is marked safe in replies/rou
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for name in ("models", "replies"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    for variable in ("TRIAGE_IMAP_HOST", "TRIAGE_SMTP_HOST"):
-        monkeypatch.delenv(variable, raising=False)
+def workdir(workdir, monkeypatch):
+    """The shared work directory, in send mode."""
     monkeypatch.setenv("TRIAGE_MODE", "send")
-    return tmp_path
+    return workdir
 
 
 def _copy(workdir, n, sender=None):

@@ -17,16 +17,6 @@ from triage.routing import Decision
 BODY_SENTENCE = "won't be able to attend"
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for name in ("models", "replies"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    for variable in ("TRIAGE_IMAP_HOST", "TRIAGE_SMTP_HOST", "TRIAGE_MODE"):
-        monkeypatch.delenv(variable, raising=False)
-    return tmp_path
-
-
 def test_a_whole_run_logs_no_bodies(workdir, caplog, capsys):
     assert any(BODY_SENTENCE in p.read_text(errors="replace") for p in SAMPLES.glob("*.eml"))
     caplog.set_level(logging.DEBUG)
