@@ -123,8 +123,11 @@ def test_compiled_scorer_matches_the_sklearn_pipeline():
     texts, labels = [e.text for e in examples], [e.label for e in examples]
     pipeline = training.build_pipeline().fit(texts, labels)
     scorer = training.compile_pipeline(pipeline)
-    probe = texts[::97] + ["Step Lab won't show my mentors", "", "NQT induction: how to extend it?"]
+    probe = texts[::37] + ["Step Lab won't show my mentors", "", "NQT induction: how to extend it?"]
+    assert len(probe) > classifier._SMALL_BATCH  # the batched (sparse) path
     expected = pipeline.predict_proba(probe)
-    got = scorer.probabilities([scorer.count(classifier.prepare(t)) for t in probe])
+    counts = [scorer.count(classifier.prepare(t)) for t in probe]
     assert list(scorer.labels) == [str(c) for c in pipeline.classes_]
-    assert np.allclose(got, expected, atol=1e-9)
+    assert np.allclose(scorer.probabilities(counts), expected, atol=1e-9)
+    one_by_one = np.vstack([scorer.probabilities([c]) for c in counts])  # the small-batch path
+    assert np.allclose(one_by_one, expected, atol=1e-9)
