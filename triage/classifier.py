@@ -244,9 +244,10 @@ class Scorer:
             split = len(self.word_vocab)
             words = self._tfidf([r[0] for r in rows], self.word_idf)
             chars = self._tfidf([r[1] for r in rows], self.char_idf)
-            scores = np.asarray(
-                words @ self.coef[:, :split].T + chars @ self.coef[:, split:].T
-            ) + self.intercept
+            scores = (
+                np.asarray(words @ self.coef[:, :split].T + chars @ self.coef[:, split:].T)
+                + self.intercept
+            )
         scores -= scores.max(axis=1, keepdims=True)
         np.exp(scores, out=scores)
         scores /= scores.sum(axis=1, keepdims=True)

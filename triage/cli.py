@@ -47,6 +47,7 @@ def open_mailbox(settings: Settings) -> Mailbox:
         drafts_folder=settings.imap_drafts_folder,
         idle_seconds=settings.idle_seconds,
         poll_seconds=settings.poll_seconds,
+        max_message_bytes=settings.max_message_bytes,
     )
 
 

@@ -6,6 +6,9 @@ network. A lost connection is dropped and reopened on the next call. Calls that 
 repeat (``keys``, ``fetch``, ``find_draft``, ``mark``, ``ensure_folder``) retry once on a fresh
 connection; ``save_draft``, ``append`` and ``move`` do not, since the first attempt may have
 reached the server. ``wait`` reconnects by itself, retrying until its timeout is used up.
+
+With ``max_message_bytes``, ``fetch`` asks for every message's RFC822.SIZE first and downloads
+only the header of a larger one (``Incoming.truncated``), never its body.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ TLS_MODES: tuple[Tls, ...] = ("ssl", "starttls", "none")
 DEFAULT_PORTS: dict[str, int] = {"ssl": 993, "starttls": 143, "none": 143}
 # UIDs per UID FETCH: keeps command lines short and at most this many bodies in memory.
 FETCH_BATCH = 100
+# Of a message above ``max_message_bytes``, only this much of its header is fetched
+# (BODY.PEEK[HEADER]<0.N>): enough for From, Subject and Message-ID even behind a long Received
+# chain, and a 1 MB header is not downloaded either (issue 7: "without downloading the body").
+HEADER_FETCH_BYTES = 65536
 # RFC 2177: a client should re-issue IDLE at least every 29 minutes, or the server may log it out.
 IDLE_LIMIT_SECONDS = 29 * 60 - 60
 # While IDLE, how often wait() looks at its stop event (SIGTERM ends a wait this fast).
@@ -88,6 +95,7 @@ class ImapMailbox:
         timeout: float = 30.0,
         idle_seconds: float = 300.0,
         poll_seconds: float = 60.0,
+        max_message_bytes: int | None = None,
     ) -> None:
         if tls not in TLS_MODES:
             raise ConfigError(f"TRIAGE_IMAP_TLS={tls!r}: use ssl, starttls or none")
@@ -98,6 +106,8 @@ class ImapMailbox:
             )
         if timeout <= 0 or idle_seconds <= 0 or poll_seconds <= 0:
             raise ValueError("timeout, idle_seconds and poll_seconds must be positive")
+        if max_message_bytes is not None and max_message_bytes <= 0:
+            raise ValueError("max_message_bytes must be positive (or None: no limit)")
         self.host = host
         self.port = port if port is not None else DEFAULT_PORTS[tls]
         self.user = user
@@ -108,6 +118,7 @@ class ImapMailbox:
         self.timeout = timeout
         self.idle_seconds = min(idle_seconds, IDLE_LIMIT_SECONDS)
         self.poll_seconds = poll_seconds
+        self.max_message_bytes = max_message_bytes  # None: every message is fetched whole
         self._ssl_context = _ssl_context(ca_file) if tls != "none" else None
         self._client: Any = None  # IMAPClient, or None when not connected
         self._reset_state()
@@ -144,23 +155,24 @@ class ImapMailbox:
     def fetch(self, uids: Iterable[str]) -> Iterator[Incoming]:
         """The raw messages of the watched folder with these UIDs, in UID order (BODY.PEEK[]).
 
-        UIDs that are no longer there are left out. Other calls may run between two messages:
-        each batch selects the watched folder again.
+        With ``max_message_bytes``, a message larger than that (RFC822.SIZE, asked first) comes
+        with only the first ``HEADER_FETCH_BYTES`` of its header, ``truncated`` and its ``size``
+        set: its body is never downloaded. UIDs that are no longer there are left out. Other
+        calls may run between two messages: each batch selects the watched folder again.
         """
         wanted = sorted({_uid(uid) for uid in uids})
         for start in range(0, len(wanted), FETCH_BATCH):
             batch = wanted[start : start + FETCH_BATCH]
-            uidvalidity, found = self._call(
+            found = self._call(
                 f"fetch messages from {self.folder!r}",
                 partial(self._fetch_batch, batch=batch),
                 idempotent=True,
             )
             for uid in batch:
-                raw = found.get(uid, {}).get(b"BODY[]")
-                if raw is None:
+                if uid not in found:
                     log.debug("uid=%s no longer in %s", uid, self.folder)
                     continue
-                yield Incoming(self.folder, uidvalidity, str(uid), bytes(raw))
+                yield found[uid]
 
     def wait(self, timeout: float, *, stop: threading.Event | None = None) -> None:
         """Return when new mail may have come (IDLE push), or after up to ``timeout`` seconds,
@@ -403,8 +415,9 @@ class ImapMailbox:
             return []
         checked = [_flag(flag) for flag in flags]
         self.ensure_folder(folder)
-        if not self._call("check capabilities", lambda c: c.has_capability("MULTIAPPEND"),
-                          idempotent=True):
+        if not self._call(
+            "check capabilities", lambda c: c.has_capability("MULTIAPPEND"), idempotent=True
+        ):
             return [self.append(folder, raw, flags=checked) for raw in raws]
         try:
             reply = self._call(
@@ -657,9 +670,50 @@ class ImapMailbox:
             raise MailboxError(f"imap {self._where}: the server gave no UIDVALIDITY for {folder!r}")
         return int(value)
 
-    def _fetch_batch(self, client: Any, batch: list[int]) -> tuple[int, dict[int, Any]]:
+    def _fetch_batch(self, client: Any, batch: list[int]) -> dict[int, Incoming]:
+        """One UID FETCH of whole messages; with a size limit, one of RFC822.SIZE first, and
+        the header alone of those above the limit."""
         info = self._select(client, self.folder)
-        return self._uidvalidity(info, self.folder), client.fetch(batch, [b"BODY.PEEK[]"])
+        uidvalidity = self._uidvalidity(info, self.folder)
+        limit = self.max_message_bytes
+        sizes: dict[int, int] = {}
+        whole, large = batch, []
+        if limit is not None:
+            for uid, data in client.fetch(batch, [b"RFC822.SIZE"]).items():
+                if data.get(b"RFC822.SIZE") is not None:
+                    sizes[int(uid)] = int(data[b"RFC822.SIZE"])
+            whole = [uid for uid in batch if uid in sizes and sizes[uid] <= limit]
+            large = [uid for uid in batch if uid in sizes and sizes[uid] > limit]
+        found: dict[int, Incoming] = {}
+        if whole:
+            for uid, data in client.fetch(whole, [b"BODY.PEEK[]"]).items():
+                raw = data.get(b"BODY[]")
+                if raw is not None:
+                    size = sizes.get(int(uid), len(raw))
+                    found[int(uid)] = Incoming(
+                        self.folder, uidvalidity, str(uid), bytes(raw), size=size
+                    )
+        if large:
+            section = f"BODY.PEEK[HEADER]<0.{HEADER_FETCH_BYTES}>".encode()
+            for uid, data in client.fetch(large, [section]).items():
+                header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER]")), None)
+                if header is None:
+                    continue
+                log.debug(
+                    "uid=%s is %d bytes, above the limit of %d: its header only",
+                    uid,
+                    sizes[int(uid)],
+                    limit,
+                )
+                found[int(uid)] = Incoming(
+                    self.folder,
+                    uidvalidity,
+                    str(uid),
+                    bytes(header),
+                    size=sizes[int(uid)],
+                    truncated=True,
+                )
+        return found
 
     def _gone(self, incoming: Incoming) -> MailboxError:
         return MailboxError(
@@ -956,4 +1010,4 @@ def _is_bye(response: tuple[Any, ...]) -> bool:
     return bool(response) and response[0] == b"BYE"
 
 
-__all__ = ["DEFAULT_PORTS", "FETCH_BATCH", "TLS_MODES", "ImapMailbox"]
+__all__ = ["DEFAULT_PORTS", "FETCH_BATCH", "HEADER_FETCH_BYTES", "TLS_MODES", "ImapMailbox"]

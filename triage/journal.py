@@ -56,7 +56,7 @@ def _v1(db: sqlite3.Connection) -> None:
             sent_at TEXT NOT NULL
         );
         CREATE INDEX sends_address ON sends (address, topic, sent_at);
-        """
+        """,
     )
 
 
@@ -87,7 +87,7 @@ def _v2(db: sqlite3.Connection) -> None:
             UNIQUE (entry_id, kind, recipient)
         );
         CREATE INDEX outbox_due ON outbox (status, next_attempt_at)
-        """
+        """,
     )
 
 
@@ -120,7 +120,7 @@ def _v3(db: sqlite3.Connection) -> None:
             created_at TEXT NOT NULL
         );
         CREATE INDEX drafts_source ON drafts (source_id)
-        """
+        """,
     )
 
 
@@ -132,6 +132,9 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
 QUEUE_STATUSES = ("queued", "sending", "sent", "refused")
 
 STATUSES = ("pending", "done", "failed")
+
+# The next step when the journal cannot be opened or written (full disk, read-only directory).
+_CHECK = "that its directory is writable and that its disk has free space"
 
 # What staff did with a draft, from best to worst: sent as drafted, sent after editing it,
 # thrown away, or relabelled. An entry's verdict is the worst one recorded for it.
@@ -227,8 +230,8 @@ class Journal:
             self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(
-                f"{self.path}: cannot open the journal ({exc}); check TRIAGE_STATE_DB and that "
-                "its directory is writable"
+                f"{self.path}: cannot open the journal ({_reason(exc, self.path)}); check "
+                f"TRIAGE_STATE_DB, {_CHECK}"
             ) from exc
 
     def _migrate(self) -> None:
@@ -249,11 +252,18 @@ class Journal:
     def close(self) -> None:
         self.db.close()
 
-    def _write(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:
+    def _write(self, sql: str, params: tuple[object, ...]) -> _Written:
+        """Run one writing statement to its end, inside the error wrapper: a statement with
+        RETURNING writes, and commits, only as its rows are read, so a full disk shows there."""
         try:
-            return self.db.execute(sql, params)
-        except sqlite3.OperationalError as exc:  # disk full, read-only, locked
-            raise TriageError(f"{self.path}: cannot write the journal ({exc})") from exc
+            cursor = self.db.execute(sql, params)
+            rows = cursor.fetchall()
+        except sqlite3.OperationalError as exc:  # disk full, read-only, locked, I/O error
+            raise TriageError(
+                f"{self.path}: cannot write the journal ({exc}); check {_CHECK}, then run triage "
+                "again (a message whose outcome is not journalled is looked at again)"
+            ) from exc
+        return _Written(rows, cursor.rowcount)
 
     # --- what is new
     def handled(self, folder: str, uidvalidity: int, uids: Iterable[str]) -> set[str]:
@@ -299,7 +309,7 @@ class Journal:
     ) -> int:
         """Record the intent before acting; returns the row id (an earlier pending row is reused)."""
         now = _now()
-        cursor = self._write(
+        written = self._write(
             """
             INSERT INTO messages (folder, uidvalidity, uid, message_id, sender, subject, status,
                                   action, topics, confidence, reason, created_at, updated_at)
@@ -312,15 +322,28 @@ class Journal:
             WHERE status = 'pending'
             RETURNING id
             """,
-            (folder, uidvalidity, uid, message_id, sender[:200], subject[:300], action,
-             ",".join(topics), confidence, reason, now, now),
+            (
+                folder,
+                uidvalidity,
+                uid,
+                message_id,
+                sender[:200],
+                subject[:300],
+                action,
+                ",".join(topics),
+                confidence,
+                reason,
+                now,
+                now,
+            ),
         )
-        row = cursor.fetchone()
-        if row is None:
+        if not written.rows:
             raise TriageError(f"journal: message {folder}/{uidvalidity}/{uid} is already finished")
-        return int(row[0])
+        return int(written.rows[0][0])
 
-    def finish(self, entry_id: int, *, status: str = "done", outcome: str = "", error: str = "") -> None:
+    def finish(
+        self, entry_id: int, *, status: str = "done", outcome: str = "", error: str = ""
+    ) -> None:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         self._write(
@@ -533,7 +556,7 @@ class Journal:
         else:
             entry = self.get(entry_id)
             model_topics = ",".join(entry.topics) if entry else ""
-        cursor = self._write(
+        written = self._write(
             """
             INSERT INTO reviews (entry_id, verdict, model_topics, topics, similarity,
                                  sent_message_id, source, created_at)
@@ -542,10 +565,18 @@ class Journal:
                 topics = excluded.topics, created_at = excluded.created_at
             WHERE topics != excluded.topics
             """,
-            (entry_id, verdict, model_topics, ",".join(topics), similarity, sent_message_id,
-             source, _now()),
+            (
+                entry_id,
+                verdict,
+                model_topics,
+                ",".join(topics),
+                similarity,
+                sent_message_id,
+                source,
+                _now(),
+            ),
         )
-        return cursor.rowcount > 0
+        return written.rowcount > 0
 
     def reviews(self, entry_id: int | None = None) -> list[Review]:
         """The reviews of one entry (or of all), oldest first."""
@@ -582,6 +613,25 @@ class Journal:
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What a writing statement gave back: its RETURNING rows and how many rows it changed."""
+
+    rows: list[sqlite3.Row]
+    rowcount: int
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    """Why the journal cannot be opened, in words (not "[Errno 17] File exists: '/x'")."""
+    if isinstance(exc, NotADirectoryError | FileExistsError):
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a directory"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc)
 
 
 class _Transaction:

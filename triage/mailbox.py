@@ -22,12 +22,15 @@ SOURCE_HEADER = "X-Triage-Source"
 
 @dataclass(frozen=True)
 class Incoming:
-    """One message as the mailbox holds it: where it is and its raw bytes, untouched."""
+    """One message as the mailbox holds it: where it is and its raw bytes, untouched (or only
+    its header, for a message above the size limit: see ``imap.ImapMailbox``)."""
 
     folder: str
     uidvalidity: int
     uid: str  # IMAP UID as text, or the Maildir key
-    raw: bytes
+    raw: bytes  # the whole message; only its header when ``truncated``
+    size: int | None = None  # the message's size on the server (RFC822.SIZE), when known
+    truncated: bool = False  # too large: the body was left on the server, unread
 
 
 @runtime_checkable

@@ -100,7 +100,11 @@ class LocalMailbox:
             fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
-        target = directory / ("cur" if flags else "new") / (f"{key}:2,{''.join(sorted(flags))}" if flags else key)
+        target = (
+            directory
+            / ("cur" if flags else "new")
+            / (f"{key}:2,{''.join(sorted(flags))}" if flags else key)
+        )
         os.rename(tmp, target)
         return key
 

@@ -305,7 +305,8 @@ class OutboxQueue:
         for item in self.journal.queue_due(time.time() if now is None else now):
             if self._server_down:  # the rest wait as long as the item that found it down
                 self.journal.queue_deferred(
-                    item.id, error=item.last_error or "server unreachable",
+                    item.id,
+                    error=item.last_error or "server unreachable",
                     next_attempt_at=self._retry_at,
                 )
                 continue
@@ -313,7 +314,8 @@ class OutboxQueue:
                 log.warning(
                     "outbox: %s to %s may or may not have been sent before a crash; sending it "
                     "again (receivers can drop the copy by its Message-ID)",
-                    item.message_id, item.recipient,
+                    item.message_id,
+                    item.recipient,
                 )
             deliveries.append(self._attempt(item, mailbox))
         return deliveries
@@ -337,7 +339,11 @@ class OutboxQueue:
                     self._server_down, self._retry_at = True, retry_at
                 log.warning(
                     "outbox: %s to %s not sent (%s); attempt %d in %.1f s",
-                    item.kind, item.recipient, exc, attempts + 1, pause,
+                    item.kind,
+                    item.recipient,
+                    exc,
+                    attempts + 1,
+                    pause,
                 )
                 return Delivery(self._reload(item), "queued", f"queued ({exc})")
             self.journal.queue_refused(item.id, error=str(exc))

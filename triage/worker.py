@@ -21,6 +21,7 @@ import inspect
 import itertools
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -50,6 +51,9 @@ DECIDE_BATCH = 100
 STOP_CHECK_SECONDS = 0.25
 # Shortest wait between passes while queued mail is due (no busy loop when SMTP is down).
 MIN_WAIT_SECONDS = 1.0
+# Of a message above TRIAGE_MAX_MESSAGE_BYTES, only this much is parsed (for its sender, subject
+# and Message-ID); the IMAP mailbox fetches no more than this of its header (imap.py).
+TOO_LARGE_HEADER_BYTES = 65536
 # Stands in for the query of a message that could not even be parsed.
 _EMPTY_QUERY = Query("", "", "", "", "")
 
@@ -89,8 +93,10 @@ class Summary:
 
     def lines(self, *, drafts_at: str) -> list[str]:
         total = len(self.outcomes)
-        out = [f"{total} new message{'s' if total != 1 else ''} handled"
-               + (f", {self.skipped} already in the journal" if self.skipped else "")]
+        out = [
+            f"{total} new message{'s' if total != 1 else ''} handled"
+            + (f", {self.skipped} already in the journal" if self.skipped else "")
+        ]
         if total:
             actions = sorted(self.actions.items())
             out.append("  by action: " + ", ".join(f"{a} {n}" for a, n in actions))
@@ -178,7 +184,8 @@ class Worker:
             queries.append(query)
             decided.append(decision)
         wanted = [
-            i for i, (q, d) in enumerate(zip(queries, decided, strict=True))
+            i
+            for i, (q, d) in enumerate(zip(queries, decided, strict=True))
             if q is not None and d is None and not (q.automatic or q.problem)
         ]
         results: dict[int, Classification] = {}
@@ -205,10 +212,14 @@ class Worker:
         return out
 
     def _parse(self, incoming: Incoming) -> tuple[Query, Decision | None]:
-        """The query, and the decision when no classification is needed (too large)."""
-        if len(incoming.raw) > self.settings.max_message_bytes:
-            query = parse(incoming.raw[:65536], support_address=self.settings.support_address)
-            size = len(incoming.raw)
+        """The query, and the decision when no classification is needed (too large: a mailbox
+        that left the body on the server marks the message ``truncated``)."""
+        size = incoming.size if incoming.size is not None else len(incoming.raw)
+        if incoming.truncated or size > self.settings.max_message_bytes:
+            query = parse(
+                incoming.raw[:TOO_LARGE_HEADER_BYTES],
+                support_address=self.settings.support_address,
+            )
             return query, Decision("human", (), f"too large to read automatically ({size} bytes)")
         return parse(incoming.raw, support_address=self.settings.support_address), None
 
@@ -237,7 +248,10 @@ class Worker:
             decision = Decision("ignore", (), f"already handled as journal entry {earlier.id}")
         log.info(
             "uid=%s action=%s topics=%s confidence=%.2f",
-            incoming.uid, decision.action, ",".join(decision.topics) or "-", decision.confidence,
+            incoming.uid,
+            decision.action,
+            ",".join(decision.topics) or "-",
+            decision.confidence,
         )
         if self.dry_run:
             rendered = self.composer.render(decision, query, raw=incoming.raw)
@@ -246,9 +260,15 @@ class Worker:
             return Outcome(incoming.uid, decision, "dry-run", f"{decision.reason} -> {detail}")
         previous = self.journal.find(incoming.folder, incoming.uidvalidity, incoming.uid)
         entry = self.journal.begin(
-            incoming.folder, incoming.uidvalidity, incoming.uid,
-            message_id=query.message_id, sender=query.sender_address, subject=query.subject,
-            action=decision.action, topics=decision.topics, confidence=decision.confidence,
+            incoming.folder,
+            incoming.uidvalidity,
+            incoming.uid,
+            message_id=query.message_id,
+            sender=query.sender_address,
+            subject=query.subject,
+            action=decision.action,
+            topics=decision.topics,
+            confidence=decision.confidence,
             reason=decision.reason,
         )
         if self.settings.mode == "dry-run":
@@ -261,11 +281,13 @@ class Worker:
                     decision, self.settings, self.journal, query.reply_to
                 )
                 send_reply = refusal is None
-            rendered = self.composer.render(
-                decision, query, raw=incoming.raw, automatic=send_reply
-            )
+            rendered = self.composer.render(decision, query, raw=incoming.raw, automatic=send_reply)
             planned = actions_mod.plan(
-                decision, rendered, incoming, settings=self.settings, send_reply=send_reply,
+                decision,
+                rendered,
+                incoming,
+                settings=self.settings,
+                send_reply=send_reply,
                 retry=previous is not None,
             )
         except TriageError as exc:
@@ -281,6 +303,8 @@ class Worker:
                 raise  # the server is gone: stop this pass, the entry stays pending for a retry
             return self._failed(begun.entry, begun.incoming, begun.decision, exc)
         except TriageError as exc:
+            if _journal_broken(exc):
+                raise  # full disk, read-only: not this message's fault; it stays pending
             return self._failed(begun.entry, begun.incoming, begun.decision, exc)
         self.journal.finish(begun.entry, outcome=outcome, error=refused)
         return Outcome(begun.incoming.uid, begun.decision, "done", outcome)
@@ -301,7 +325,10 @@ class Worker:
         for action in begun.planned:
             if isinstance(action, actions_mod.Send):
                 delivery = self.queue.submit(
-                    action.message, kind=action.kind, entry_id=begun.entry, source=incoming,
+                    action.message,
+                    kind=action.kind,
+                    entry_id=begun.entry,
+                    source=incoming,
                     mailbox=self.mailbox,
                 )
                 if delivery.status == "refused":
@@ -339,7 +366,9 @@ class Worker:
         refusals: list[list[str]] = [[] for _ in group]
         refused_items: list[int] = []
         drafts = [
-            (i, j, a.message) for i, b in enumerate(group) for j, a in enumerate(b.planned)
+            (i, j, a.message)
+            for i, b in enumerate(group)
+            for j, a in enumerate(b.planned)
             if isinstance(a, actions_mod.SaveDraft)
         ]
         if drafts:
@@ -351,8 +380,11 @@ class Worker:
                 if not isinstance(action, actions_mod.Send):
                     continue
                 delivery = self.queue.submit(
-                    action.message, kind=action.kind, entry_id=begun.entry,
-                    source=begun.incoming, mailbox=self.mailbox,
+                    action.message,
+                    kind=action.kind,
+                    entry_id=begun.entry,
+                    source=begun.incoming,
+                    mailbox=self.mailbox,
                 )
                 if delivery.status == "refused":
                     refusals[i].append(f"{action.what} refused: {delivery.detail}")
@@ -438,9 +470,7 @@ class Worker:
                     break
                 group: list[_Begun] = []  # begun, waiting to be written together
                 ids: set[str] = set()  # their Message-IDs
-                for incoming, (query, decision) in zip(
-                    batch, self.decide_many(batch), strict=True
-                ):
+                for incoming, (query, decision) in zip(batch, self.decide_many(batch), strict=True):
                     if query.message_id and query.message_id in ids:
                         # The same message twice: the first must be finished before the
                         # journal can tell that the second is a copy.
@@ -495,7 +525,9 @@ class Worker:
                     pause = min(BACKOFF_CAP_SECONDS, delay) * random.uniform(0.5, 1.0)
                     log.warning(
                         "mailbox error: %s; reconnecting in %.1f s (attempt %d)",
-                        error, pause, attempt,
+                        error,
+                        pause,
+                        attempt,
                     )
                     stop.wait(pause)
                     delay = min(BACKOFF_CAP_SECONDS, delay * 2)
@@ -544,6 +576,11 @@ def _unreadable(exc: BaseException | None) -> Decision:
     return Decision("human", (), f"cannot be read: {what}")
 
 
+def _journal_broken(exc: TriageError) -> bool:
+    """Whether a TriageError is the journal failing to write (``Journal._write``)."""
+    return isinstance(exc.__cause__, sqlite3.Error)
+
+
 def _connection_lost(exc: MailboxError) -> bool:
     """Whether a MailboxError came from a lost or refused connection (not from one message)."""
     return isinstance(exc.__cause__, OSError | imaplib.IMAP4.abort)
@@ -553,8 +590,8 @@ __all__ = [
     "BACKOFF_CAP_SECONDS",
     "BACKOFF_START_SECONDS",
     "DECIDE_BATCH",
+    "TOO_LARGE_HEADER_BYTES",
     "Outcome",
     "Summary",
     "Worker",
 ]
-
