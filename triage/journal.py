@@ -287,7 +287,8 @@ class Journal:
         if not message_id:
             return None
         row = self.db.execute(
-            "SELECT * FROM messages WHERE message_id = ? AND status != 'pending' ORDER BY id LIMIT 1",
+            "SELECT * FROM messages WHERE message_id = ? AND status != 'pending' "
+            "ORDER BY id LIMIT 1",
             (message_id,),
         ).fetchone()
         return _entry(row) if row else None
@@ -307,7 +308,7 @@ class Journal:
         confidence: float = 0.0,
         reason: str = "",
     ) -> int:
-        """Record the intent before acting; returns the row id (an earlier pending row is reused)."""
+        """Record the intent before acting; returns the row id (a pending row is reused)."""
         now = _now()
         written = self._write(
             """
