@@ -59,6 +59,19 @@ def _drafts_at(settings: Settings) -> str:
     )
 
 
+def _outbox_at(settings: Settings) -> str:
+    if settings.smtp_host:
+        return f"smtp {settings.smtp_host} (a copy in Sent)"
+    return f"{settings.maildir / '.Outbox'}/new/ (the local outbox stands in for SMTP)"
+
+
+def _handoffs_at(settings: Settings) -> str:
+    where = settings.imap_handoff_folder
+    if settings.imap_host:
+        return f"flagged in {settings.imap_folder}" + (f" and moved to {where}" if where else "")
+    return f"flagged (F) in {settings.maildir}/cur/" + (f" and moved to .{where}" if where else "")
+
+
 # --- run
 def _connect(mailbox: Mailbox) -> None:
     """Open the IMAP connection now: a wrong password, unknown host, refused port or untrusted
@@ -94,7 +107,12 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 for outcome in summary.outcomes:
                     print(f"uid {outcome.uid}: {outcome.decision.action}: {outcome.detail}")
                 print("dry run: nothing was written")
-            for line in summary.lines(drafts_at=_drafts_at(settings)):
+            lines = summary.lines(
+                drafts_at=_drafts_at(settings),
+                outbox_at=_outbox_at(settings),
+                handoffs_at=_handoffs_at(settings),
+            )
+            for line in lines:
                 print(line)
             print(f"  took {elapsed:.2f} s ({mailbox.description})")
             return 1 if summary.failed else 0

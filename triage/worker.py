@@ -91,7 +91,7 @@ class Summary:
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == "failed"]
 
-    def lines(self, *, drafts_at: str) -> list[str]:
+    def lines(self, *, drafts_at: str, outbox_at: str = "", handoffs_at: str = "") -> list[str]:
         total = len(self.outcomes)
         out = [
             f"{total} new message{'s' if total != 1 else ''} handled"
@@ -105,6 +105,11 @@ class Summary:
             out.append("  by topic:  " + ", ".join(f"{t} {n}" for t, n in topics))
         if self.actions.get("reply"):
             out.append(f"  drafts are in {drafts_at}")
+        forwards = sum(len(o.decision.forwards) for o in self.outcomes if o.status != "failed")
+        if forwards and outbox_at:
+            out.append(f"  {forwards} forward{'s' if forwards != 1 else ''} went to {outbox_at}")
+        if self.actions.get("human") and handoffs_at:
+            out.append(f"  hand-offs for a person are {handoffs_at}")
         if self.deliveries:
             counts = Counter(d.status for d in self.deliveries)
             out.append("  outbox: " + ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))
