@@ -103,3 +103,25 @@ def test_malformed_mail_is_handled_or_handed_off(name, model):
     assert decision.reason
     if query.problem:
         assert decision.action == "human"
+
+
+def test_the_worker_never_stops_on_malformed_mail(workdir, capsys):
+    """Every message of the malformed corpus goes through `triage run --once` on the local
+    Maildir: each gets a finished journal row with a reason, and the run ends normally."""
+    import sqlite3
+
+    from triage.cli import main
+    from triage.maildir import LocalMailbox
+
+    mailbox = LocalMailbox(workdir / "mail")
+    for raw in MALFORMED.values():
+        mailbox.add(raw)
+    mailbox.close()
+    assert main(["run", "--once"]) == 0
+    assert f"{len(MALFORMED)} new messages handled" in capsys.readouterr().out
+    db = sqlite3.connect(workdir / "triage.sqlite3")
+    rows = db.execute("SELECT status, action, reason FROM messages").fetchall()
+    db.close()
+    assert len(rows) == len(MALFORMED)
+    assert all(status == "done" and reason for status, _, reason in rows)
+    assert {action for _, action, _ in rows} <= {"reply", "human", "ignore"}
