@@ -1,6 +1,6 @@
 """A real Dovecot 2.3 IMAP server on 127.0.0.1 for tests: temp dir, free ports, no system state.
 
-Follows /work/shared/recipes/dovecot.md. Any user name logs in with ``PASSWORD`` (static passdb)
+Follows shared/recipes/dovecot.md. Any user name logs in with ``PASSWORD`` (static passdb)
 and gets a fresh empty mailbox, so each test isolates itself with ``new_user()``.
 """
 
@@ -120,7 +120,7 @@ def dovecot_version() -> str:
     except (OSError, subprocess.SubprocessError) as exc:
         raise RuntimeError(
             f"{DOVECOT} --version failed ({exc}); install Dovecot 2.3: "
-            "apt-get install dovecot-imapd openssl (see /work/shared/recipes/dovecot.md)"
+            "apt-get install dovecot-imapd openssl (see shared/recipes/dovecot.md)"
         ) from exc
     if not out.startswith(SUPPORTED_VERSION + "."):
         raise RuntimeError(
