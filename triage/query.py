@@ -11,7 +11,7 @@ import email
 import email.header
 import email.utils
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import Message
 
 from triage.newtext import html_to_text, new_text
@@ -64,7 +64,6 @@ class Query:
     automatic: str | None = None  # why this is automatic mail, or None for a person's mail
     problem: str | None = None  # why this could not be read as mail, or None
     forwarded: bool = False
-    headers: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_reply(self) -> bool:
@@ -79,6 +78,8 @@ def decode_header(value: str | None) -> str:
     """An RFC 2047 header as text on one line; undecodable words are kept as they came."""
     if not value:
         return ""
+    if isinstance(value, str) and "=?" not in value:  # no encoded words: most headers, faster
+        return " ".join(value.split())
     try:
         text = str(email.header.make_header(email.header.decode_header(str(value))))
     except (UnicodeError, LookupError, email.errors.HeaderParseError):
@@ -191,7 +192,6 @@ def parse(raw: bytes, *, support_address: str = "") -> Query:
         text = new_text(body, forwarded=forwarded)
     except RecursionError:  # pathological nesting: keep what a person would see first
         text = body[:2000]
-    headers = {k: decode_header(v) for k, v in message.items()}
     return Query(
         message_id=(message.get("Message-ID") or "").strip(),
         sender_name=sender_name.strip(),
@@ -205,7 +205,6 @@ def parse(raw: bytes, *, support_address: str = "") -> Query:
         reply_to=(reply_address or sender_address).lower(),
         automatic=_automatic(message, sender_address, support_address, subject),
         forwarded=forwarded,
-        headers=headers,
         problem=None if sender_address else "no usable sender address in the From header",
     )
 
