@@ -125,23 +125,34 @@ def body_text(message: Message) -> str:
     return plain or ""
 
 
-def _automatic(message: Message, sender: str, support_address: str, subject: str) -> str | None:
+def _fields(message: Message) -> dict[str, str]:
+    """Every header by its lower-case name, the first of repeated ones, as text: one pass
+    instead of a scan of the header list per lookup."""
+    fields: dict[str, str] = {}
+    for name, value in message.items():
+        fields.setdefault(name.lower(), str(value))
+    return fields
+
+
+def _automatic(
+    message: Message, fields: dict[str, str], sender: str, support_address: str, subject: str
+) -> str | None:
     """Why a message is automatic mail (RFC 3834 s. 2 and 5, RFC 5230), or None."""
-    auto = (message.get("Auto-Submitted") or "").strip().lower()
+    auto = fields.get("auto-submitted", "").strip().lower()
     if auto and not auto.startswith("no"):
         return f"Auto-Submitted: {auto}"
-    precedence = (message.get("Precedence") or "").strip().lower()
+    precedence = fields.get("precedence", "").strip().lower()
     if precedence in _BULK_PRECEDENCE:
         return f"Precedence: {precedence}"
     for name in message:
         if name.lower().startswith("list-"):
             return f"mailing list ({name} header)"
     for name in _AUTOMATIC_HEADERS:
-        if message.get(name) is not None:
+        if name.lower() in fields:
             return f"{name} header"
     if message.get_content_type() == "multipart/report":
         return "delivery or disposition report (multipart/report)"
-    return_path = message.get("Return-Path")
+    return_path = fields.get("return-path")
     if return_path is not None and return_path.strip() in ("<>", ""):
         return "empty return path (a bounce)"
     local = sender.partition("@")[0]
@@ -160,8 +171,22 @@ _ANGLE_ADDRESS = re.compile(r"<\s*([^<>@\s]+@[^<>@\s]+\.[^<>@\s]+)\s*>")
 _USABLE_ADDRESS = re.compile(r"[^<>@\s\"(),:;]+@[^<>@\s\"(),:;\[\]]+\.[^<>@\s\"(),:;\[\]]+")
 
 
+# The common shapes of a From header, read without the full RFC 5322 parser: a bare address,
+# or a plain (unquoted, or simply quoted) name and an address in angle brackets.
+_SIMPLE_ADDRESS = re.compile(
+    r'\s*(?:"([^"\\<>]*)"|([^"\\<>,;:()@\[\]]*?))\s*<([^<>@\s]+@[^<>@\s]+)>\s*'
+)
+
+
 def _address(header: str) -> tuple[str, str]:
     """(display name, address) of a From-like header; the address is '' if none is usable."""
+    if not header:
+        return "", ""
+    simple = _SIMPLE_ADDRESS.fullmatch(header)
+    if simple and _USABLE_ADDRESS.fullmatch(simple.group(3)):
+        return (simple.group(1) or simple.group(2) or "").strip(), simple.group(3).lower()
+    if _USABLE_ADDRESS.fullmatch(header.strip()):
+        return "", header.strip().lower()
     name, address = email.utils.parseaddr(header)
     if not _USABLE_ADDRESS.fullmatch(address or ""):
         found = _ANGLE_ADDRESS.search(header)
@@ -181,11 +206,12 @@ def _ids(value: str | None) -> tuple[str, ...]:
 def parse(raw: bytes, *, support_address: str = "") -> Query:
     """Read raw message bytes as a person would; never raises on broken mail."""
     message = email.message_from_bytes(raw)
-    if not message.keys() or (not message.get("From") and not message.get("Subject")):
+    fields = _fields(message)
+    if not fields or (not fields.get("from") and not fields.get("subject")):
         return Query("", "", "", "", "", problem="not an email: no From or Subject header")
-    subject = decode_header(message.get("Subject"))
-    sender_name, sender_address = _address(decode_header(message.get("From")))
-    _, reply_address = _address(decode_header(message.get("Reply-To")))
+    subject = decode_header(fields.get("subject"))
+    sender_name, sender_address = _address(decode_header(fields.get("from")))
+    _, reply_address = _address(decode_header(fields.get("reply-to")))
     forwarded = bool(_FORWARD_PREFIX.match(subject))
     body = body_text(message)
     try:
@@ -193,17 +219,17 @@ def parse(raw: bytes, *, support_address: str = "") -> Query:
     except RecursionError:  # pathological nesting: keep what a person would see first
         text = body[:2000]
     return Query(
-        message_id=(message.get("Message-ID") or "").strip(),
+        message_id=fields.get("message-id", "").strip(),
         sender_name=sender_name.strip(),
         sender_address=sender_address,
         subject=subject,
         text=text,
         body=body,
-        date=decode_header(message.get("Date")),
-        in_reply_to=(message.get("In-Reply-To") or "").strip(),
-        references=_ids(message.get("References")),
+        date=decode_header(fields.get("date")),
+        in_reply_to=fields.get("in-reply-to", "").strip(),
+        references=_ids(fields.get("references")),
         reply_to=(reply_address or sender_address).lower(),
-        automatic=_automatic(message, sender_address, support_address, subject),
+        automatic=_automatic(message, fields, sender_address, support_address, subject),
         forwarded=forwarded,
         problem=None if sender_address else "no usable sender address in the From header",
     )
