@@ -4,11 +4,13 @@ and the composer never crash, never let a sender's text become a header, and alw
 import email
 from email.policy import default
 
+import numpy as np
 import pytest
 from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from triage import classifier
 from triage.config import load_settings
 from triage.newtext import html_to_text, new_text
 from triage.query import parse
@@ -16,6 +18,7 @@ from triage.reply import Composer, clean_header, greeting, reply_subject
 from triage.routing import Decision
 
 COMPOSER = Composer(load_settings(_env_file=None, replies_dir=ROOT / "replies"))
+MODEL = classifier.load(ROOT / "models" / "triage.joblib")
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -125,3 +128,47 @@ def test_the_worker_never_stops_on_malformed_mail(workdir, capsys):
     assert len(rows) == len(MALFORMED)
     assert all(status == "done" and reason for status, _, reason in rows)
     assert {action for _, action, _ in rows} <= {"reply", "human", "ignore"}
+
+
+def _reference_features(scorer, text):
+    """scikit-learn's own algorithm, string by string: CountVectorizer's word 1-2-grams and
+    "char_wb" n-grams (each whitespace-split word padded with one space), known ones only."""
+    prepared = classifier.prepare(text)
+    words = classifier.word_features(prepared)
+    grams = []
+    for word in prepared.split():
+        padded = f" {word} "
+        if len(padded) < classifier.CHAR_N:
+            grams.append(padded)
+        grams.extend(padded[i : i + classifier.CHAR_N] for i in range(len(padded) - classifier.CHAR_N + 1))
+    found = [scorer.word_vocab[w] for w in words if w in scorer.word_vocab]
+    found += [len(scorer.word_vocab) + scorer.char_vocab[g] for g in grams if g in scorer.char_vocab]
+    return sorted(found)
+
+
+# Text made of the vocabulary's own pieces, so that features are found, with odd characters,
+# separators and spacing between them.
+_PIECES = st.sampled_from(
+    ["step lab", "StepLab", "my ect", "NQT", "e-mail", "s.41", "induction", "mentor", "a", "I",
+     "can't", "don't-", "'quoted'", "x", "é", "£", "--", " ", "  ", "\n", "\t", "\x00", ".", "?",
+     "appropriate body", "delivery partners", "training", "ECT's", "2024", "_"]
+)
+
+
+@FAST
+@given(st.lists(st.lists(_PIECES | st.text(max_size=6), max_size=25).map("".join), min_size=1, max_size=6))
+def test_batched_features_are_sklearns_text_by_text(texts):
+    scorer = MODEL.scorer
+    rows, ids = scorer.features(texts)
+    for i, text in enumerate(texts):
+        assert sorted(ids[rows == i].tolist()) == _reference_features(scorer, text)
+
+
+def test_key_table_finds_every_key_and_nothing_else():
+    keys = np.unique(np.random.default_rng(7).integers(1, 2**63, size=5000, dtype=np.uint64))
+    table = classifier.KeyTable(keys, np.arange(len(keys)))
+    assert table.find(keys).tolist() == list(range(len(keys)))
+    assert (table.find(keys + np.uint64(1))[~np.isin(keys + np.uint64(1), keys)] == -1).all()
+    assert table._probes > 1  # some keys collided and were found further along
+    with pytest.raises(ValueError, match="may not be 0"):
+        classifier.KeyTable(np.array([0, 1], dtype=np.uint64), np.arange(2))

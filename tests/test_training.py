@@ -118,16 +118,30 @@ def test_garbage_model_file_is_refused(tmp_path):
         classifier.load(path)
 
 
-def test_compiled_scorer_matches_the_sklearn_pipeline():
+def test_compiled_scorer_matches_the_sklearn_pipeline(monkeypatch):
     examples = training.load_data(DATA)
     texts, labels = [e.text for e in examples], [e.label for e in examples]
     pipeline = training.build_pipeline().fit(texts, labels)
     scorer = training.compile_pipeline(pipeline)
     probe = texts[::37] + ["Step Lab won't show my mentors", "", "NQT induction: how to extend it?"]
-    assert len(probe) > classifier._SMALL_BATCH  # the batched (sparse) path
     expected = pipeline.predict_proba(probe)
-    counts = [scorer.count(classifier.prepare(t)) for t in probe]
     assert list(scorer.labels) == [str(c) for c in pipeline.classes_]
-    assert np.allclose(scorer.probabilities(counts), expected, atol=1e-9)
-    one_by_one = np.vstack([scorer.probabilities([c]) for c in counts])  # the small-batch path
+    monkeypatch.setattr(classifier, "_SPARSE_FROM", 0)  # one batch, one scipy.sparse product
+    assert np.allclose(scorer.probabilities_of(probe), expected, atol=1e-9)
+    monkeypatch.setattr(classifier, "_SPARSE_FROM", 10**9)  # numpy alone
+    one_by_one = np.vstack([scorer.probabilities_of([t]) for t in probe])
     assert np.allclose(one_by_one, expected, atol=1e-9)
+
+
+def test_scorer_finds_the_features_sklearn_finds():
+    """The integer-key features are the vectorizers' own, text by text, in a batch or not."""
+    examples = training.load_data(DATA)
+    texts = [e.text for e in examples][::5]
+    texts += ["", "a b c", "I  a  x", "step\x00lab é a ü", "Step  Lab\n\nMy ECT, NQT's s41"]
+    pipeline = training.build_pipeline().fit([e.text for e in examples], [e.label for e in examples])
+    scorer = training.compile_pipeline(pipeline)
+    union = pipeline.named_steps["features"]
+    matrix = union.transform(pipeline.named_steps["prepare"].transform(texts))
+    rows, ids = scorer.features(texts)
+    for i in range(len(texts)):
+        assert sorted(set(ids[rows == i].tolist())) == sorted(matrix[i].indices.tolist()), texts[i]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import itertools
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,14 +28,12 @@ from triage.topics import LABELS, OTHER, TOPICS
 
 # Fixed seed: the same data gives the same model.
 SEED = 20261128
-# Up to this many texts are scored one by one; more go through one sparse matrix product
-# (faster for batches, but importing scipy.sparse costs a third of a second at start).
-_SMALL_BATCH = 24
 # Model file format; bump when the saved dict changes shape.
 FORMAT = 2
 # The token pattern of the word features (training.build_pipeline uses the same).
 TOKEN_PATTERN = r"(?u)\b\w[\w'-]*\b"
-# Character n-gram length of the character features, within words (sklearn's "char_wb").
+# Character n-gram length of the character features, within words (sklearn's "char_wb"); the
+# scorer's 64-bit keys hold four characters, so it is 4.
 CHAR_N = 4
 # Defaults until `triage train` has chosen thresholds on held-out data.
 DEFAULT_THRESHOLD = 0.5
@@ -45,59 +42,76 @@ DEFAULT_MARGIN = 0.15
 DEFAULT_SEGMENT_THRESHOLD = 0.6
 # Segments shorter than this many characters carry too little to score on their own.
 _MIN_SEGMENT_CHARS = 25
+# From this many non-zero features on, a batch is scored as one scipy.sparse matrix product
+# (twenty times faster than numpy alone, but importing scipy.sparse costs a fifth of a second,
+# which one message at a cold start need not pay).
+_SPARSE_FROM = 5000
 # Spellings people use for the same thing, folded to one token before vectorising
-# (vocabulary only, not facts: "step lab" and "StepLab" are one product name).
+# (vocabulary only, not facts: "step lab" and "StepLab" are one product name). Each pattern
+# is matched in lower-case text and only from the start of a word (``_fold`` checks that, so
+# each pattern can start with a plain word, which the regex engine skips ahead to: three
+# times faster than one pattern of all the variants).
 _VARIANT_LIST: tuple[tuple[str, str], ...] = (
-    (r"\bstep\s*-?\s*lab\b", "steplab"),
-    (r"\bmy\s*-?\s*ect\b", "myect"),
-    (r"\bmy\s+ambition\b", "myambition"),
-    (r"\bmy\s+teacher\s+training\b", "myteachertraining"),
-    (r"\bmanage[- ]training(?: for early career teachers)?(?: service)?\b", "dfeservice"),
-    (r"\bdfe(?:'s)?\s+(?:portal|service|website|site|system)\b", "dfeservice"),
-    (r"\bappropriate\s+bod(?:y|ies)\b", "appropriatebody"),
-    (r"\bdelivery\s+partners?\b", "deliverypartner"),
-    (r"\binduction\s+tutors?\b", "inductiontutor"),
-    (r"\bsection\s*41\b|\bs\.?\s?41\b", "section41"),
-    (r"\bget information about schools\b", "gias"),
-    (r"\bnqts?\b", "ect"),
-    (r"\be-?mails?\b", "email"),
+    (r"step\s*-?\s*lab\b", "steplab"),
+    (r"my\s*-?\s*ect\b", "myect"),
+    (r"my\s+ambition\b", "myambition"),
+    (r"my\s+teacher\s+training\b", "myteachertraining"),
+    (r"manage[- ]training(?: for early career teachers)?(?: service)?\b", "dfeservice"),
+    (r"dfe(?:'s)?\s+(?:portal|service|website|site|system)\b", "dfeservice"),
+    (r"appropriate\s+bod(?:y|ies)\b", "appropriatebody"),
+    (r"delivery\s+partners?\b", "deliverypartner"),
+    (r"induction\s+tutors?\b", "inductiontutor"),
+    (r"section\s*41\b", "section41"),
+    (r"s\.?\s?41\b", "section41"),
+    (r"get information about schools\b", "gias"),
+    (r"nqts?\b", "ect"),
+    (r"e-?mails?\b", "email"),
 )
-# All variants in one pattern, one group each (the patterns capture nothing themselves), so
-# the text is scanned once instead of thirteen times.
-# The lookahead on the first letters of all the variants lets the scan skip most positions at
-# once (six times faster).
-_VARIANTS = re.compile(
-    r"\b(?=[smdaigne])(?:" + "|".join(f"({p})" for p, _ in _VARIANT_LIST) + ")", re.IGNORECASE
-)
+_VARIANTS = tuple((re.compile(pattern), spelling) for pattern, spelling in _VARIANT_LIST)
+# Texts scored together are joined into one string, separated by this character: the regular
+# expressions and numpy then run once over a batch instead of once per sentence.
+_SEPARATOR = "\x00"
 
 
-def _variant(match: re.Match[str]) -> str:
-    return _VARIANT_LIST[(match.lastindex or 1) - 1][1]
+def _fold(text: str) -> str:
+    """Each variant spelling in lower-case ``text`` replaced by its one token."""
+    for pattern, spelling in _VARIANTS:
+
+        def replace(match: re.Match[str], text: str = text, spelling: str = spelling) -> str:
+            before = text[match.start() - 1] if match.start() else " "
+            return match.group(0) if before.isalnum() or before == "_" else spelling  # \w
+
+        text = pattern.sub(replace, text)
+    return text
 
 
 # A sentence that asks or requests something (only such sentences add a topic to an email):
-# a question mark, or an opening that asks, requests or reports a problem.
+# a question mark, or an opening that asks, requests or reports a problem. The patterns are
+# matched in lower case.
 _ASKS = re.compile(
-    r"\?|^\W*(and |also,? |secondly,? |finally,? |separately,? |but )?"
+    r"\W*(and |also,? |secondly,? |finally,? |separately,? |but )?"
     r"(how|what|who|where|when|why|which|can|could|do|does|did|is|are|should|would|will|may|"
     r"please|i need|we need|i'd like|we'd like|i would like|i am wondering|i'm wondering|"
     r"wondering|not sure|i can't|we can't|i cannot|i'm unable|we're unable|i am unable|"
-    r"none of|i haven't|we haven't|they haven't|i won't|i will not|i'm not able|i am not able)\b",
-    re.IGNORECASE,
+    r"none of|i haven't|we haven't|they haven't|i won't|i will not|i'm not able|i am not able)\b"
 )
 # A problem reported anywhere in a sentence asks for help as much as a question does.
 _REPORTS = re.compile(
     r"\b(can't|cannot|can not|won't be able|unable|isn't showing|aren't showing|not showing|"
     r"not appearing|isn't appearing|aren't appearing|haven't (?:had|received|got)|"
-    r"hasn't (?:had|received|got)|still (?:isn't|aren't|hasn't|haven't|can't|doesn't|don't))\b",
-    re.IGNORECASE,
+    r"hasn't (?:had|received|got)|still (?:isn't|aren't|hasn't|haven't|can't|doesn't|don't))\b"
 )
+# Every report above holds one of these: a sentence without them is not searched (faster).
+_REPORT_WORDS = ("n't", "not", "unable")
 # An indirect question anywhere in a sentence: "they are asking me how ...", "I'd like to know if".
 _ASKS_INDIRECT = re.compile(
     r"\b(ask(ing|ed)?|know|wonder(ing|ed)?|clarify|confirm|explain|tell (me|us)|advise|"
-    r"unsure|not sure|unclear)\b.{0,40}?\b(how|what|who|where|when|why|which|whether|if)\b",
-    re.IGNORECASE,
+    r"unsure|not sure|unclear)\b.{0,40}?\b(how|what|who|where|when|why|which|whether|if)\b"
 )
+_INDIRECT_WORDS = (
+    "ask", "know", "wonder", "clarify", "confirm", "explain", "tell ", "advise", "unsure",
+    "not sure", "unclear",
+)  # fmt: skip
 # A sentence this sure of a topic counts as asking it even without asking words.
 _SURE_SEGMENT = 0.85
 # When the whole email is unsure (two questions split its probability), asking sentences this
@@ -108,19 +122,26 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9\"'(])|\n\s*\n|\n(?=\s*[-*
 
 
 def normalise(text: str) -> str:
-    """Fold spelling variants and whitespace, the same way in training and classifying."""
-    return " ".join(_VARIANTS.sub(_variant, text).split())
+    """Lower case, spelling variants and whitespace folded: what the features are made from, in
+    training and classifying alike (a NUL is a space: ``prepare_joined`` separates texts
+    with it)."""
+    return " ".join(_fold(text.replace(_SEPARATOR, " ").lower()).split())
 
 
 def prepare(text: str) -> str:
-    """What the features are made from: variants folded, lower case (training and classifying)."""
-    return normalise(text).lower()
+    """What the features are made from (``normalise``; the training pipeline's name for it)."""
+    return normalise(text)
 
 
 def asks(sentence: str) -> bool:
     """Whether a sentence asks or requests something (see ``_ASKS``)."""
+    if "?" in sentence:
+        return True
+    low = sentence.lower()
     return bool(
-        _ASKS.search(sentence) or _ASKS_INDIRECT.search(sentence) or _REPORTS.search(sentence)
+        _ASKS.match(low)
+        or (any(word in low for word in _INDIRECT_WORDS) and _ASKS_INDIRECT.search(low))
+        or (any(word in low for word in _REPORT_WORDS) and _REPORTS.search(low))
     )
 
 
@@ -158,6 +179,21 @@ def prepare_all(texts: Sequence[str]) -> list[str]:
 
 
 _TOKENS = re.compile(TOKEN_PATTERN)
+# The word pattern, and the separator as a token of its own (to tell the texts apart). The
+# pattern's leading \b always holds when scanning left to right (a match ends a word), and
+# without it the engine skips ahead to a word character: twice as fast.
+_TOKENS_OR_SEPARATOR = re.compile(r"\w[\w'-]*\b|" + _SEPARATOR)
+# A character's code in the character n-gram keys when no gram of the vocabulary holds it.
+_UNKNOWN = 0xFFFF
+_NO_WORD = -1
+_BOUNDARY = -2
+
+
+def prepare_joined(texts: Sequence[str]) -> str:
+    """``prepare`` of each text, joined by the separator, padded with a space on each side of
+    each text (as scikit-learn's "char_wb" pads each word): one string for a whole batch."""
+    joined = f" {_SEPARATOR} ".join(t.replace(_SEPARATOR, " ") for t in texts)
+    return f" {' '.join(_fold(joined.lower()).split())} "
 
 
 def word_features(prepared: str) -> list[str]:
@@ -166,22 +202,71 @@ def word_features(prepared: str) -> list[str]:
     return tokens + [f"{a} {b}" for a, b in itertools.pairwise(tokens)]
 
 
-def char_features(prepared: str) -> list[str]:
-    """Candidate character n-grams: every one scikit-learn's "char_wb" makes, plus some that
-    span two words, which no vocabulary can hold (they have a space inside) and so are ignored.
+def _codes(alphabet: dict[str, int], gram: str) -> int:
+    """The integer key of a character n-gram: 16 bits a character, left-aligned (a shorter
+    gram, a one-letter word's, ends in zeros, which no character has)."""
+    key = 0
+    for ch in gram:
+        key = (key << 16) | alphabet[ch]
+    return key << (16 * (CHAR_N - len(gram)))
 
-    One pass over the single-spaced text (``prepare`` folds whitespace) instead of one per word;
-    a one-letter word's only gram (" a ") is shorter than the n-gram and is added by hand.
-    """
-    padded = f" {prepared} "
-    grams = [padded[i : i + CHAR_N] for i in range(len(padded) - CHAR_N + 1)]
-    grams.extend(f" {word} " for word in prepared.split() if len(word) + 2 < CHAR_N)
-    return grams
+
+class KeyTable:
+    """Non-zero integer keys -> ids, looked up for a whole array of keys at once: a hash table
+    with linear probing, in numpy (four times faster than a binary search of sorted keys)."""
+
+    _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing
+
+    def __init__(self, keys: np.ndarray, ids: np.ndarray) -> None:
+        keys = np.asarray(keys, dtype=np.uint64)
+        if np.any(keys == 0):
+            raise ValueError("a KeyTable key may not be 0 (0 marks an empty slot)")
+        bits = max(4, (4 * len(keys)).bit_length())  # at most a quarter full
+        self._shift = np.uint64(64 - bits)
+        self._mask = np.uint64((1 << bits) - 1)
+        self._keys = np.zeros(1 << bits, dtype=np.uint64)
+        self._ids = np.full(1 << bits, -1, dtype=np.int64)
+        self._probes = 0  # the longest run from a key's home slot to its own
+        pending, slots = np.arange(len(keys)), self._home(keys)
+        while len(pending):
+            free = np.flatnonzero(self._keys[slots] == 0)
+            _, first = np.unique(slots[free], return_index=True)  # one key per free slot
+            placed = free[first]
+            self._keys[slots[placed]] = keys[pending[placed]]
+            self._ids[slots[placed]] = ids[pending[placed]]
+            left = np.ones(len(pending), dtype=bool)
+            left[placed] = False
+            pending, slots = pending[left], (slots[left] + np.uint64(1)) & self._mask
+            self._probes += 1
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        return (keys * self._MULTIPLIER) >> self._shift
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """The id of each key, or -1 for a key not in the table."""
+        found = np.full(len(keys), -1, dtype=np.int64)
+        pending, slots = np.arange(len(keys)), self._home(keys)
+        for _ in range(self._probes):
+            stored = self._keys[slots]
+            hit = stored == keys[pending]
+            found[pending[hit]] = self._ids[slots[hit]]
+            going = ~hit & (stored != 0)
+            pending, slots = pending[going], (slots[going] + np.uint64(1)) & self._mask
+            if not len(pending):
+                break
+        return found
 
 
 @dataclass(frozen=True)
 class Scorer:
-    """A trained linear model as plain data: vocabularies, IDF weights, coefficients."""
+    """A trained linear model as plain data: vocabularies, IDF weights, coefficients.
+
+    Features are found for a whole batch of texts at once: words by one regular expression
+    and dictionary lookups, word pairs and character n-grams as integer keys looked up in
+    numpy hash tables (each character of the vocabulary's alphabet a 16-bit code), so no
+    n-gram string is built. The result is what scikit-learn's vectorizers give, to the last
+    digit (tests compare them).
+    """
 
     labels: tuple[str, ...]
     word_vocab: dict[str, int]
@@ -190,68 +275,139 @@ class Scorer:
     char_idf: np.ndarray
     coef: np.ndarray  # labels x (words + chars)
     intercept: np.ndarray
+    # Derived from the above when built (not saved):
+    _tokens: dict[str, int] = field(init=False, repr=False)  # word ids, and the separator
+    _pairs: KeyTable = field(init=False, repr=False)  # (first * words + second + 1) -> id
+    _table: np.ndarray = field(init=False, repr=False)  # code point -> character code
+    _grams: KeyTable = field(init=False, repr=False)  # character n-gram key -> id
+    _idf: np.ndarray = field(init=False, repr=False)  # words' then characters'
+    _coef_t: np.ndarray = field(init=False, repr=False)  # features x labels, for row gathers
 
-    def count(self, prepared: str) -> tuple[list[int], list[int]]:
-        """The known features of one prepared text, as ids with repeats: (words, chars)."""
-        words = [i for i in map(self.word_vocab.get, word_features(prepared)) if i is not None]
-        chars = [i for i in map(self.char_vocab.get, char_features(prepared)) if i is not None]
-        return words, chars
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
 
-    def _branch(
-        self, found: list[int], idf: np.ndarray, offset: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if not found:
-            return np.zeros(0, dtype=np.intp), np.zeros(0)
-        ids, tf = np.unique(np.asarray(found, dtype=np.intp), return_counts=True)
-        weights = (1.0 + np.log(tf)) * idf[ids]  # sublinear tf, idf
-        weights /= math.sqrt(float(weights @ weights))  # l2, per branch as sklearn does
-        return ids + offset, weights
-
-    def vector(self, counts: tuple[list[int], list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """The TF-IDF vector of some counts, as (feature ids, weights)."""
-        w_ids, w_val = self._branch(counts[0], self.word_idf, 0)
-        c_ids, c_val = self._branch(counts[1], self.char_idf, len(self.word_vocab))
-        return np.concatenate([w_ids, c_ids]), np.concatenate([w_val, c_val])
-
-    @staticmethod
-    def _tfidf(found: Sequence[list[int]], idf: np.ndarray) -> Any:
-        """Rows of TF-IDF weights (sublinear tf, idf, l2 per row) for lists of feature ids, as a
-        scipy.sparse CSR matrix (imported here: a single message does without it)."""
-        from scipy import sparse
-
-        lengths = np.fromiter(map(len, found), dtype=np.intp, count=len(found))
-        columns = np.fromiter(
-            itertools.chain.from_iterable(found), dtype=np.intp, count=int(lengths.sum())
+        words = self.word_vocab
+        put("_tokens", {**words, _SEPARATOR: _BOUNDARY})
+        pairs = [
+            (words[a] * len(words) + words[b] + 1, index)
+            for gram, index in words.items()
+            if " " in gram
+            for a, b in [gram.split(" ", 1)]
+            if a in words and b in words
+        ]
+        put(
+            "_pairs",
+            KeyTable(
+                np.array([k for k, _ in pairs], dtype=np.uint64),
+                np.array([i for _, i in pairs], dtype=np.int64),
+            ),
         )
-        rows = np.repeat(np.arange(len(found)), lengths)
-        matrix = sparse.csr_matrix(  # duplicates are summed: the counts
-            (np.ones(len(columns)), (rows, columns)), shape=(len(found), len(idf))
+        characters = sorted(set("".join(self.char_vocab)) | {" "})
+        if len(characters) >= _UNKNOWN:
+            raise ModelError("the character n-grams have too many distinct characters")
+        alphabet = {ch: code for code, ch in enumerate(characters, start=1)}
+        table = np.full(0x110000, _UNKNOWN, dtype=np.uint16)
+        table[[ord(ch) for ch in characters]] = list(alphabet.values())
+        put("_table", table)
+        put(
+            "_grams",
+            KeyTable(
+                np.array([_codes(alphabet, g) for g in self.char_vocab], dtype=np.uint64),
+                np.fromiter(self.char_vocab.values(), dtype=np.int64, count=len(self.char_vocab))
+                + len(words),
+            ),
         )
-        matrix.data = (1.0 + np.log(matrix.data)) * idf[matrix.indices]
-        norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
-        norms[norms == 0] = 1.0
-        return sparse.csr_matrix(sparse.diags(1.0 / norms) @ matrix)
+        put("_idf", np.concatenate([self.word_idf, self.char_idf]))
+        put("_coef_t", np.ascontiguousarray(self.coef.T))
 
-    def probabilities(self, rows: Sequence[tuple[list[int], list[int]]]) -> np.ndarray:
-        """Multinomial logistic regression probabilities, one row per counts (one batch of
-        sparse matrix products, not a loop in Python)."""
-        if len(rows) <= _SMALL_BATCH:
-            scores = np.empty((len(rows), len(self.labels)))
-            for i, counts in enumerate(rows):
-                ids, weights = self.vector(counts)
-                scores[i] = self.coef[:, ids] @ weights + self.intercept
+    @property
+    def n_features(self) -> int:
+        return len(self.word_vocab) + len(self.char_vocab)
+
+    def features(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every known feature of each text (raw; prepared here), with repeats, as two arrays:
+        (index of the text, feature id). Word ids come first, then characters'."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        joined = prepare_joined(texts)
+        # Words, and word pairs (two known words in a row; the separator is not a word).
+        ids = np.fromiter(
+            map(self._tokens.get, _TOKENS_OR_SEPARATOR.findall(joined), itertools.repeat(_NO_WORD)),
+            dtype=np.int64,
+        )
+        owner = np.cumsum(ids == _BOUNDARY)
+        known = ids >= 0
+        both = np.flatnonzero(known[:-1] & known[1:])
+        pair_ids = self._pairs.find(
+            (ids[both] * len(self.word_vocab) + ids[both + 1] + 1).astype(np.uint64)
+        )
+        # Character n-grams, every window at once; those with a space inside, or a separator,
+        # are in no vocabulary and fall away.
+        points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        codes = self._table[points].astype(np.uint64)
+        places = np.cumsum(points == 0)
+        keys = (codes[:-3] << 48) | (codes[1:-2] << 32) | (codes[2:-1] << 16) | codes[3:]
+        gram_ids = self._grams.find(keys)
+        # A one-letter word is its own (three-character) gram: " a ".
+        space = self._table[ord(" ")]
+        alone = np.flatnonzero(
+            (codes[1:-1] != space) & (codes[:-2] == space) & (codes[2:] == space)
+        )
+        short_ids = self._grams.find(
+            (codes[alone] << 48) | (codes[alone + 1] << 32) | (codes[alone + 2] << 16)
+        )
+        pairs, grams, shorts = pair_ids >= 0, gram_ids >= 0, short_ids >= 0
+        return (
+            np.concatenate(
+                [
+                    owner[known],
+                    owner[both][pairs],
+                    places[:-3][grams],
+                    places[alone][shorts],
+                ]
+            ),
+            np.concatenate([ids[known], pair_ids[pairs], gram_ids[grams], short_ids[shorts]]),
+        )
+
+    def weights(
+        self, rows: np.ndarray, ids: np.ndarray, n_rows: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """TF-IDF rows from feature occurrences, as sklearn makes them (sublinear tf, idf, l2
+        per branch): (row, feature id, weight), sorted by row then feature."""
+        width = self.n_features
+        distinct, tf = np.unique(rows * width + ids, return_counts=True)
+        rows, ids = np.divmod(distinct, width)
+        values = (1.0 + np.log(tf)) * self._idf[ids]
+        branch = rows * 2 + (ids >= len(self.word_vocab))
+        norms = np.sqrt(np.bincount(branch, weights=values * values, minlength=2 * n_rows))
+        return rows, ids, values / norms[branch]
+
+    def probabilities(self, rows: np.ndarray, ids: np.ndarray, n_rows: int) -> np.ndarray:
+        """Multinomial logistic regression probabilities of ``n_rows`` rows, given their feature
+        occurrences (row, feature id), as ``features`` finds them."""
+        rows, ids, values = self.weights(rows, ids, n_rows)
+        if len(values) >= _SPARSE_FROM:
+            from scipy import sparse
+
+            starts = np.searchsorted(rows, np.arange(n_rows + 1))
+            matrix = sparse.csr_matrix((values, ids, starts), shape=(n_rows, self.n_features))
+            scores: np.ndarray = np.asarray(matrix @ self._coef_t) + self.intercept
         else:
-            split = len(self.word_vocab)
-            words = self._tfidf([r[0] for r in rows], self.word_idf)
-            chars = self._tfidf([r[1] for r in rows], self.char_idf)
-            scores = (
-                np.asarray(words @ self.coef[:, :split].T + chars @ self.coef[:, split:].T)
-                + self.intercept
-            )
+            scores = np.tile(self.intercept, (n_rows, 1))
+            if len(rows):
+                starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+                gathered = self._coef_t[ids] * values[:, None]
+                scores[rows[starts]] += np.add.reduceat(gathered, starts)
         scores -= scores.max(axis=1, keepdims=True)
         np.exp(scores, out=scores)
         scores /= scores.sum(axis=1, keepdims=True)
         return scores
+
+    def probabilities_of(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities of each label for whole (raw) texts."""
+        rows, ids = self.features(texts)
+        return self.probabilities(rows, ids, len(texts))
 
 
 @dataclass
@@ -270,7 +426,7 @@ class Model:
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities of each label for whole texts."""
-        return self.scorer.probabilities([self.scorer.count(prepare(t)) for t in texts])
+        return self.scorer.probabilities_of(texts)
 
     def classify(self, query: Query, *, explain: bool = False) -> Classification:
         """Classify one message; see ``classify_many`` for batches."""
@@ -281,36 +437,42 @@ class Model:
     ) -> list[Classification]:
         """Classify messages in one batch: the whole text and each of its sentences.
 
-        Each sentence is counted once; the whole email's counts are the sum of its sentences'.
+        Each sentence is read once; the whole email's features are the sum of its sentences'.
         """
         labels = self.labels
         if not queries:
             return []
         pieces: list[str] = []  # every sentence of every email (and its subject, if read)
         owner: list[int] = []
-        scored: list[int] = []  # the pieces scored on their own
+        part: list[int] = []  # for each piece, its row when scored on its own, else -1
         asking: list[list[bool]] = []
+        scored = len(queries)  # rows: the whole emails, then the sentences scored alone
         for i, query in enumerate(queries):
             subject = model_subject(query)
             if subject:
                 pieces.append(subject)
                 owner.append(i)
-            sentences = sentences_of(query.text)
+                part.append(-1)
             long_enough = len(query.text) > 80
             asked = []
-            for sentence in sentences:
+            for sentence in sentences_of(query.text):
                 if long_enough and len(sentence) >= _MIN_SEGMENT_CHARS:
-                    scored.append(len(pieces))
+                    part.append(scored)
+                    scored += 1
                     asked.append(asks(sentence))
+                else:
+                    part.append(-1)
                 pieces.append(sentence)
                 owner.append(i)
             asking.append(asked)
-        counted = [self.scorer.count(prepare(piece)) for piece in pieces]
-        wholes: list[tuple[list[int], list[int]]] = [([], []) for _ in queries]
-        for i, counts in zip(owner, counted, strict=True):
-            wholes[i][0].extend(counts[0])
-            wholes[i][1].extend(counts[1])
-        probs = self.scorer.probabilities([*wholes, *(counted[j] for j in scored)])
+        piece, ids = self.scorer.features(pieces)
+        rows = np.asarray(part, dtype=np.int64)[piece]
+        alone = rows >= 0
+        probs = self.scorer.probabilities(
+            np.concatenate([np.asarray(owner, dtype=np.int64)[piece], rows[alone]]),
+            np.concatenate([ids, ids[alone]]),
+            scored,
+        )
         results = []
         offset = len(queries)
         for i, query in enumerate(queries):
@@ -376,13 +538,12 @@ class Model:
 
     def explain(self, text: str, label: str, *, count: int = 8) -> tuple[str, ...]:
         """The word features that pushed ``text`` towards ``label`` the most."""
-        words, _ = self.scorer.count(prepare(text))
-        ids, weights = self.scorer.vector((words, []))
-        row = self.labels.index(label)
-        values = weights * self.scorer.coef[row, ids]
+        rows, ids = self.scorer.features([text])
+        words = ids < len(self.scorer.word_vocab)
+        _, ids, weights = self.scorer.weights(rows[words], ids[words], 1)
+        values = weights * self.scorer.coef[self.labels.index(label), ids]
         names = {index: name for name, index in self.scorer.word_vocab.items()}
-        contributions = list(zip(ids, values, strict=True))
-        pairs = sorted(contributions, key=lambda p: -p[1])
+        pairs = sorted(zip(ids, values, strict=True), key=lambda p: -p[1])
         return tuple(names[int(j)] for j, value in pairs[:count] if value > 0)
 
 
@@ -479,16 +640,17 @@ def load(path: Path) -> Model:
 
 __all__ = [
     "Classification",
+    "KeyTable",
     "Model",
     "Scorer",
     "asks",
-    "char_features",
     "load",
     "model_subject",
     "model_text",
     "normalise",
     "prepare",
     "prepare_all",
+    "prepare_joined",
     "save",
     "segments",
     "sentences_of",
