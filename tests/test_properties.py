@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from triage import classifier
 from triage.config import load_settings
 from triage.newtext import html_to_text, new_text
-from triage.query import parse
+from triage.query import message_from_bytes, parse
 from triage.reply import Composer, clean_header, greeting, reply_subject
 from triage.routing import Decision
 
@@ -172,3 +172,45 @@ def test_key_table_finds_every_key_and_nothing_else():
     assert table._probes > 1  # some keys collided and were found further along
     with pytest.raises(ValueError, match="may not be 0"):
         classifier.KeyTable(np.array([0, 1], dtype=np.uint64), np.arange(2))
+
+
+def _same_message(raw):
+    """The fast reader gives the stdlib parser's Message: headers, structure, body."""
+    assert _tree(message_from_bytes(raw)) == _tree(email.message_from_bytes(raw))
+
+
+def _tree(message):
+    payload = message.get_payload()
+    return (
+        message.items(),
+        message.get_content_type(),
+        [_tree(part) for part in payload] if message.is_multipart() else payload,
+        message.preamble,
+        message.epilogue,
+        [type(defect).__name__ for defect in message.defects],
+    )
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n"])
+def test_fast_reader_reads_every_sample_as_the_stdlib_does(newline):
+    for path in sorted((ROOT / "samples" / "inbox").glob("*.eml")):
+        _same_message(path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", newline))
+    for raw in MALFORMED.values():
+        _same_message(raw)
+
+
+_HEADER_LINE = st.sampled_from(
+    ["Subject: hi", "From: A <a@b.example>", "X-Y:", " folded", "\tfolded", "From nobody", "no colon",
+     ": empty name", "Content-Type: text/html; charset=utf-8", "Content-Type: multipart/mixed; boundary=b",
+     "Content-Type: message/rfc822", "Caf\u00e9: x", "Subject: caf\u00e9", "Bad Name: x", "A:b:c", ""]
+)
+
+
+@FAST
+@given(
+    st.lists(_HEADER_LINE, max_size=8),
+    st.sampled_from(["\r\n", "\n", "\r"]),
+    st.text(max_size=200),
+)
+def test_fast_reader_matches_the_stdlib_on_odd_headers(lines, newline, body):
+    _same_message((newline.join(lines) + newline + newline + body).encode("utf-8", "surrogateescape"))

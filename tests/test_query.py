@@ -1,8 +1,10 @@
 """Parsing: sender, subject, new text, threading ids, and automatic mail per RFC 3834 / 5230."""
 
+import email.message
+
 import pytest
 
-from triage.query import decode_header, parse
+from triage.query import _charset, decode_header, parse
 
 SUPPORT = "support@ect.example.org"
 
@@ -108,3 +110,17 @@ def test_lying_charset_does_not_crash():
 def test_decode_header_keeps_bad_words():
     assert decode_header("=?x-bogus?q?abc?=")
     assert decode_header(None) == ""
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ['text/plain; charset="utf-8"', "text/plain; charset=UTF-8", "text/plain;charset=iso-8859-1; format=flowed",
+     'text/plain; format=flowed; charset="us-ascii"; delsp=yes', "text/plain; charset*=utf-8''x",
+     'text/plain; charset="utf-8" (comment)', "text/plain; charset=", "text/plain",
+     'text/plain; charset = "windows-1252" ', 'text/plain; name="charset=x.txt"', 'text/plain; charset="a;b"',
+     "text/plain; CHARSET=Big5", 'text/plain; charset="utf-8"; charset="latin1"', "text/plain; charset=utf-8 ; x=y"],
+)
+def test_charset_is_read_as_the_stdlib_reads_it(content_type):
+    message = email.message.Message()
+    message["Content-Type"] = content_type
+    assert _charset(message) == (message.get_content_charset() or "utf-8").lower()
