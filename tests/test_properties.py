@@ -151,7 +151,8 @@ def _reference_features(scorer, text):
 _PIECES = st.sampled_from(
     ["step lab", "StepLab", "my ect", "NQT", "e-mail", "s.41", "induction", "mentor", "a", "I",
      "can't", "don't-", "'quoted'", "x", "é", "£", "--", " ", "  ", "\n", "\t", "\x00", ".", "?",
-     "appropriate body", "delivery partners", "training", "ECT's", "2024", "_"]
+     "appropriate body", "delivery partners", "training", "ECT's", "2024", "_", "\u2019", "\u00bd", "\udcff",
+     "na\u00efve", "\u0663"]
 )
 
 

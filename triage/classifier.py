@@ -179,14 +179,11 @@ def prepare_all(texts: Sequence[str]) -> list[str]:
 
 
 _TOKENS = re.compile(TOKEN_PATTERN)
-# The word pattern, and the separator as a token of its own (to tell the texts apart). The
-# pattern's leading \b always holds when scanning left to right (a match ends a word), and
-# without it the engine skips ahead to a word character: twice as fast.
-_TOKENS_OR_SEPARATOR = re.compile(r"\w[\w'-]*\b|" + _SEPARATOR)
+# Word characters (regex \w) among the ASCII code points; others are looked up when met.
+_ASCII_WORD = np.array([chr(c).isalnum() or chr(c) == "_" for c in range(128)])
+_APOSTROPHE, _HYPHEN, _SPACE = ord("'"), ord("-"), ord(" ")
 # A character's code in the character n-gram keys when no gram of the vocabulary holds it.
 _UNKNOWN = 0xFFFF
-_NO_WORD = -1
-_BOUNDARY = -2
 
 
 def prepare_joined(texts: Sequence[str]) -> str:
@@ -194,6 +191,16 @@ def prepare_joined(texts: Sequence[str]) -> str:
     each text (as scikit-learn's "char_wb" pads each word): one string for a whole batch."""
     joined = f" {_SEPARATOR} ".join(t.replace(_SEPARATOR, " ") for t in texts)
     return f" {' '.join(_fold(joined.lower()).split())} "
+
+
+def _word_characters(points: np.ndarray) -> np.ndarray:
+    """Whether each code point is a word character, as regex \\w has it."""
+    word: np.ndarray = _ASCII_WORD[np.minimum(points, 127)]
+    wide = np.flatnonzero(points > 127)
+    if len(wide):
+        distinct, where = np.unique(points[wide], return_inverse=True)
+        word[wide] = np.array([chr(c).isalnum() for c in distinct.tolist()])[where]
+    return word
 
 
 def word_features(prepared: str) -> list[str]:
@@ -282,7 +289,6 @@ class Scorer:
     coef: np.ndarray  # labels x (words + chars)
     intercept: np.ndarray
     # Derived from the above when built (not saved):
-    _tokens: dict[str, int] = field(init=False, repr=False)  # word ids, and the separator
     _pairs: KeyTable = field(init=False, repr=False)  # (first * words + second + 1) -> id
     _table: np.ndarray = field(init=False, repr=False)  # code point -> character code
     _grams: KeyTable = field(init=False, repr=False)  # character n-gram key -> id
@@ -294,7 +300,6 @@ class Scorer:
             object.__setattr__(self, name, value)
 
         words = self.word_vocab
-        put("_tokens", {**words, _SEPARATOR: _BOUNDARY})
         pairs = [
             (words[a] * len(words) + words[b] + 1, index)
             for gram, index in words.items()
@@ -337,26 +342,39 @@ class Scorer:
         if not texts:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         joined = prepare_joined(texts)
-        # Words, and word pairs (two known words in a row; the separator is not a word).
-        ids = np.fromiter(
-            map(self._tokens.get, _TOKENS_OR_SEPARATOR.findall(joined), itertools.repeat(_NO_WORD)),
-            dtype=np.int64,
-        )
-        owner = np.cumsum(ids == _BOUNDARY)
+        points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        places = np.cumsum(points == 0)  # which text each character belongs to
+        # Words: TOKEN_PATTERN's matches, found for all the texts at once. Each run of word
+        # characters, apostrophes and hyphens holds one, from its first word character to its
+        # last.
+        word = _word_characters(points)
+        joins = word | (points == _APOSTROPHE) | (points == _HYPHEN)
+        runs = np.cumsum(joins & ~np.r_[False, joins[:-1]])
+        at = np.flatnonzero(word)
+        edges = np.ones(len(at) + 1, dtype=bool)  # [i]: a run ends before at[i] (and at the end)
+        edges[1:-1] = runs[at[1:]] != runs[at[:-1]]
+        starts, ends = at[edges[:-1]], at[edges[1:]] + 1
+        # The words as strings: blank out all else, and split (slicing each out costs 3 times
+        # as much).
+        inside = np.zeros(len(points) + 1, dtype=np.int8)
+        inside[starts], inside[ends] = 1, -1
+        kept = np.where(np.cumsum(inside[:-1], dtype=np.int8), points, _SPACE)
+        tokens = kept.astype(np.uint32).tobytes().decode("utf-32-le").split()
+        ids = np.fromiter(map(self.word_vocab.get, tokens, itertools.repeat(-1)), dtype=np.int64)
+        owner = places[starts]
         known = ids >= 0
-        both = np.flatnonzero(known[:-1] & known[1:])
+        # Word pairs: two known words in a row in the same text.
+        both = np.flatnonzero(known[:-1] & known[1:] & (owner[:-1] == owner[1:]))
         pair_ids = self._pairs.find(
             (ids[both] * len(self.word_vocab) + ids[both + 1] + 1).astype(np.uint64)
         )
         # Character n-grams, every window at once; those with a space inside, or a separator,
         # are in no vocabulary and fall away.
-        points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
         codes = self._table[points].astype(np.uint64)
-        places = np.cumsum(points == 0)
         keys = (codes[:-3] << 48) | (codes[1:-2] << 32) | (codes[2:-1] << 16) | codes[3:]
         gram_ids = self._grams.find(keys)
         # A one-letter word is its own (three-character) gram: " a ".
-        space = self._table[ord(" ")]
+        space = self._table[_SPACE]
         alone = np.flatnonzero(
             (codes[1:-1] != space) & (codes[:-2] == space) & (codes[2:] == space)
         )
