@@ -215,3 +215,39 @@ _HEADER_LINE = st.sampled_from(
 )
 def test_fast_reader_matches_the_stdlib_on_odd_headers(lines, newline, body):
     _same_message((newline.join(lines) + newline + newline + body).encode("utf-8", "surrogateescape"))
+
+
+_TEXT_LINE = st.sampled_from(["hello", "", "--bx", "--b--x", " --b", "--c", "--", "caf\u00e9", "X: y", "> quoted"])
+_PART_HEADER = st.sampled_from(
+    ["Content-Type: text/html", "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: base64",
+     "Content-Disposition: attachment", "X-Folded: a", " folded", "Content-Type: text/plain", "Content-Id: <1>",
+     "Content-Type: multipart/alternative; boundary=c",
+     "Content-Type: message/rfc822", "\u00e9: x", "broken line"]
+)
+_PART = st.tuples(st.lists(_PART_HEADER, max_size=2), st.lists(_TEXT_LINE, max_size=4))
+
+
+@FAST
+@given(
+    st.sampled_from(["multipart/mixed; boundary=b", 'multipart/alternative; boundary="b"'] * 3
+                    + ["multipart/digest; boundary=b", "multipart/mixed",
+                       "multipart/mixed; boundary=b\r\nContent-Transfer-Encoding: base64"]),
+    st.lists(_TEXT_LINE, max_size=3),
+    st.lists(_PART, max_size=4),
+    st.sampled_from(["--b", "--b  "]),
+    st.sampled_from(["--b--", "--b--", "--b-- \t", None]),
+    st.lists(_TEXT_LINE, max_size=3),
+    st.sampled_from(["\r\n", "\n"]),
+    st.booleans(),
+)
+def test_fast_reader_matches_the_stdlib_on_multipart(
+    content_type, preamble, parts, opening, closing, epilogue, newline, final_newline
+):
+    lines = list(preamble)
+    for headers, body in parts:
+        lines += [opening, *headers, "", *body]
+    if closing:
+        lines += [closing, *epilogue]
+    text = newline.join(lines) + (newline if final_newline else "")
+    head = f"From: a@b.example{newline}Content-Type: {content_type.replace(chr(13) + chr(10), newline)}{newline}"
+    _same_message((head + newline + text).encode("utf-8"))
