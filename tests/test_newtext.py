@@ -438,3 +438,12 @@ def test_exports_are_sorted_and_complete() -> None:
     }
     assert triage.newtext.__all__ == sorted(triage.newtext.__all__)
     assert set(triage.newtext.__all__) == public
+
+
+def test_html_declarations_are_not_text() -> None:
+    html = '<!DOCTYPE html>\r\n<?xml version="1.0"?><html><body><p>Can I extend the induction?</p></body></html>'
+    assert html_to_text(html) == "Can I extend the induction?"
+
+
+def test_html_unclosed_script_hides_the_rest() -> None:
+    assert html_to_text("<p>Hello</p><script>var x = '<p>not text</p>'") == "Hello"

@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
+from html import unescape
 from itertools import islice
 from typing import NamedTuple
 
@@ -653,16 +653,20 @@ _HTML_SPACE_RE = re.compile(r"[ \t\r\n\f\v]+")
 # <div id="appendonsend"> (new Outlook) and <div id="divRplyFwdMsg"> (the From:/Sent:/To:/
 # Subject: block) where the quoted message starts, and its own plain-text part has a divider.
 _HTML_DROP_RE = re.compile(
-    r"<!--.*?-->|<(head|style|script|title|template|noscript|xml)\b.*?</\1\s*>",
+    r"<!--.*?-->|<(head|style|script|title|template|noscript|xml)\b.*?</\1\s*>"
+    r"|<![A-Za-z][^<>]*>|<\?[^<>]*>",  # and <!DOCTYPE html>, <?xml ...?>
     re.DOTALL | re.IGNORECASE,
 )
 # A tag's attributes end at the next ">" and never cross a "<": each match attempt stops at
 # the next tag, so broken HTML (unterminated quotes, a lone "<") stays linear.
 _HTML_TAG_RE = re.compile(r"<(/?)([A-Za-z][\w:-]*)([^<>]*)>")
-# After the pre-pass every real tag is a bare "<name>" or "</name>"; any other "<" is text, and
-# is escaped: the stdlib parser is quadratic on a run of broken tags (20 KB of '<a "' takes
-# seconds).
+# After the pre-pass every real tag is a bare "<name>" or "</name>" (found by _HTML_BARE_TAG_RE);
+# any other "<" is text, and is escaped.
 _HTML_STRAY_LT_RE = re.compile(r"<(?!/?[a-z][\w:-]*>)")
+_HTML_BARE_TAG_RE = re.compile(r"<(/?)([a-z][\w:-]*)>")
+# Elements whose content is raw text to their end tag (HTML's script data): an unclosed one,
+# which the pre-pass left, hides the rest of the document.
+_HTML_RAW_TEXT_TAGS = frozenset({"script", "style"})
 _HTML_OUTLOOK_ID_RE = re.compile(
     r"\bid\s*=\s*[\"']?(?:divRplyFwdMsg|appendonsend)\b", re.IGNORECASE
 )
@@ -684,9 +688,12 @@ def _simplify_tag(m: re.Match[str]) -> str:
     return f"<{slash}{name}>"
 
 
-class _TextParser(HTMLParser):
+class _TextParser:
+    """Text lines from pre-passed HTML (bare tags, text, entities): one regex finds the tags,
+    where the stdlib's HTMLParser (four times slower) would parse attributes the pre-pass has
+    already removed."""
+
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.lines: list[str] = []
         self.chunks: list[str] = []
         self.depth = 0  # <blockquote> nesting: lines are written with "> " per level
@@ -714,7 +721,7 @@ class _TextParser(HTMLParser):
         if _BOUNDARY_LINE not in self.lines[-3:]:
             self.lines.append(_BOUNDARY_LINE)
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def handle_starttag(self, tag: str) -> None:
         if tag in _SKIP_TAGS:
             self.skip += 1
             return
@@ -772,6 +779,22 @@ class _TextParser(HTMLParser):
             return
         self.chunks.append(data if self.pre else _HTML_SPACE_RE.sub(" ", data))
 
+    def feed(self, html: str) -> None:
+        at = 0
+        for tag in _HTML_BARE_TAG_RE.finditer(html):
+            if tag.start() > at:
+                self.handle_data(unescape(html[at : tag.start()]))
+            at = tag.end()
+            name = tag.group(2)
+            if tag.group(1):
+                self.handle_endtag(name)
+                continue
+            self.handle_starttag(name)
+            if name in _HTML_RAW_TEXT_TAGS:
+                return  # unclosed (the pre-pass dropped closed ones): the rest is its text
+        if at < len(html):
+            self.handle_data(unescape(html[at:]))
+
     def text(self) -> str:
         self._line()
         return _render(self.lines)
@@ -791,5 +814,4 @@ def html_to_text(html: str) -> str:
     html = _HTML_STRAY_LT_RE.sub("&lt;", _HTML_DIV_RUN_RE.sub("<br>", html))
     parser = _TextParser()
     parser.feed(html)
-    parser.close()
     return parser.text()
