@@ -274,11 +274,11 @@ class KeyTable:
 class Scorer:
     """A trained linear model as plain data: vocabularies, IDF weights, coefficients.
 
-    Features are found for a whole batch of texts at once: words by one regular expression
-    and dictionary lookups, word pairs and character n-grams as integer keys looked up in
-    numpy hash tables (each character of the vocabulary's alphabet a 16-bit code), so no
-    n-gram string is built. The result is what scikit-learn's vectorizers give, to the last
-    digit (tests compare them).
+    Features are found for a whole batch of texts at once, in numpy over the code points of
+    one string: words by their spans and dictionary lookups, word pairs and character n-grams
+    as integer keys looked up in numpy hash tables (each character of the vocabulary's
+    alphabet a 16-bit code), so no n-gram string is built. The result is what scikit-learn's
+    vectorizers give (tests compare them, text by text).
     """
 
     labels: tuple[str, ...]
@@ -344,9 +344,14 @@ class Scorer:
         joined = prepare_joined(texts)
         points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         places = np.cumsum(points == 0)  # which text each character belongs to
-        # Words: TOKEN_PATTERN's matches, found for all the texts at once. Each run of word
-        # characters, apostrophes and hyphens holds one, from its first word character to its
-        # last.
+        word_rows, word_ids = self._words(points, places)
+        gram_rows, gram_ids = self._grams_of(points, places)
+        return np.concatenate([word_rows, gram_rows]), np.concatenate([word_ids, gram_ids])
+
+    def _words(self, points: np.ndarray, places: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Known words and word pairs: (text, id) of each."""
+        # TOKEN_PATTERN's matches: each run of word characters, apostrophes and hyphens holds
+        # one, from its first word character to its last.
         word = _word_characters(points)
         joins = word | (points == _APOSTROPHE) | (points == _HYPHEN)
         runs = np.cumsum(joins & ~np.r_[False, joins[:-1]])
@@ -368,8 +373,15 @@ class Scorer:
         pair_ids = self._pairs.find(
             (ids[both] * len(self.word_vocab) + ids[both + 1] + 1).astype(np.uint64)
         )
-        # Character n-grams, every window at once; those with a space inside, or a separator,
-        # are in no vocabulary and fall away.
+        pairs = pair_ids >= 0
+        return (
+            np.concatenate([owner[known], owner[both][pairs]]),
+            np.concatenate([ids[known], pair_ids[pairs]]),
+        )
+
+    def _grams_of(self, points: np.ndarray, places: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Known character n-grams: (text, id) of each. Every window is looked up at once;
+        those with a space inside, or a separator, are in no vocabulary and fall away."""
         codes = self._table[points].astype(np.uint64)
         keys = (codes[:-3] << 48) | (codes[1:-2] << 32) | (codes[2:-1] << 16) | codes[3:]
         gram_ids = self._grams.find(keys)
@@ -381,17 +393,10 @@ class Scorer:
         short_ids = self._grams.find(
             (codes[alone] << 48) | (codes[alone + 1] << 32) | (codes[alone + 2] << 16)
         )
-        pairs, grams, shorts = pair_ids >= 0, gram_ids >= 0, short_ids >= 0
+        grams, shorts = gram_ids >= 0, short_ids >= 0
         return (
-            np.concatenate(
-                [
-                    owner[known],
-                    owner[both][pairs],
-                    places[:-3][grams],
-                    places[alone][shorts],
-                ]
-            ),
-            np.concatenate([ids[known], pair_ids[pairs], gram_ids[grams], short_ids[shorts]]),
+            np.concatenate([places[:-3][grams], places[alone][shorts]]),
+            np.concatenate([gram_ids[grams], short_ids[shorts]]),
         )
 
     def weights(
