@@ -2,7 +2,7 @@
 
 import pytest
 
-from triage.classifier import asks, normalise, segments
+from triage.classifier import asks, normalise, segments, sentences_of
 from triage.query import from_text
 
 
@@ -63,3 +63,43 @@ def test_segments_and_asks():
     assert len(parts) == 2
     assert asks(parts[1]) and not asks(parts[0])
     assert asks("Our finance team are asking me how the funding is paid.")
+
+
+def test_sentences_split_where_people_end_them():
+    text = "I registered her yesterday. How long till she's on step lab? also who do I tell about the event?"
+    assert sentences_of(text) == [
+        "I registered her yesterday.",
+        "How long till she's on step lab?",
+        "also who do I tell about the event?",
+    ]
+    assert sentences_of("e.g. the form. Then more") == ["e.g. the form.", "Then more"]
+    # A list of issues in one sentence, separated by semicolons.
+    assert len(sentences_of("her name is wrong on the service; she is leaving at Easter; and he needs longer")) == 3
+
+
+def test_a_short_question_in_a_list_item_joins_its_sentence():
+    text = ("Two questions:\n\n1) She can't come to the conference on 19 March. Who do I tell?\n"
+            "2) She will be away for six months. How do we arrange that?")
+    assert sentences_of(text)[1:] == [
+        "1) She can't come to the conference on 19 March. Who do I tell?",
+        "2) She will be away for six months. How do we arrange that?",
+    ]
+    # In prose a short question may ask about the whole email: it stays apart.
+    assert sentences_of("She was registered on the DfE side weeks ago.\n\nWhat am I missing?") == [
+        "She was registered on the DfE side weeks ago.",
+        "What am I missing?",
+    ]
+
+
+def test_nobody_having_received_something_is_a_problem_reported():
+    assert asks("Also neither of our two mentors has received a single email from Ambition.")
+    assert asks("None of our ECTs have had their login details.")
+    assert not asks("Neither of them is new to teaching.")
+
+
+def test_two_list_items_each_with_a_short_question(model):
+    text = ("Hi,\n\nOur ECT is expecting and starts maternity leave in March. A couple of questions:\n\n"
+            "1) She won't be able to come to the spring ECT conference on 19 March. Who do I need to tell?\n"
+            "2) She'll be on leave for around six months and would like her induction extended to make up "
+            "for it. How do we arrange that?\n")
+    assert set(model.classify(from_text(text)).topics) == {"events", "induction-length"}

@@ -99,10 +99,11 @@ _ASKS = re.compile(
 _REPORTS = re.compile(
     r"\b(can't|cannot|can not|won't be able|unable|isn't showing|aren't showing|not showing|"
     r"not appearing|isn't appearing|aren't appearing|haven't (?:had|received|got)|"
-    r"hasn't (?:had|received|got)|still (?:isn't|aren't|hasn't|haven't|can't|doesn't|don't))\b"
+    r"hasn't (?:had|received|got)|still (?:isn't|aren't|hasn't|haven't|can't|doesn't|don't)|"
+    r"(?:neither|none|nobody|no one)\b[^.?!]{0,50}?\b(?:has|have) (?:had|received|got|been able))\b"
 )
 # Every report above holds one of these: a sentence without them is not searched (faster).
-_REPORT_WORDS = ("n't", "not", "unable")
+_REPORT_WORDS = ("n't", "not", "unable", "neither", "none", "nobody", "no one")
 # An indirect question anywhere in a sentence: "they are asking me how ...", "I'd like to know if".
 _ASKS_INDIRECT = re.compile(
     r"\b(ask(ing|ed)?|know|wonder(ing|ed)?|clarify|confirm|explain|tell (me|us)|advise|"
@@ -118,7 +119,16 @@ _SURE_SEGMENT = 0.85
 # sure of the whole email's top topic let it be answered after all.
 _FALLBACK_SEGMENT = 0.8
 _FALLBACK_WHOLE = 0.3
-_SENTENCE_SPLIT = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9\"'(])|\n\s*\n|\n(?=\s*[-*\u2022\d]+[.)]?\s)")
+# Sentence ends: ". " before a capital (not "e.g. the"); "? " and "! " before anything (people
+# start the next sentence in lower case: "...on step lab? also she's..."); a blank line; a line
+# that starts a list item.
+_SENTENCE_SPLIT = re.compile(
+    r"(?<=\.)\s+(?=[A-Z0-9\"'(])|(?<=[?!;])\s+|\n\s*\n|\n(?=\s*[-*\u2022\d]+[.)]?\s)"
+)
+
+
+# The start of a list item: "1)", "2.", "a)", "-", "*", "\u2022".
+_LIST_ITEM = re.compile(r"(?:\d{1,2}[.)]|[a-z][.)]|\([a-z0-9]\)|[-*\u2022])\s")
 
 
 def normalise(text: str) -> str:
@@ -146,8 +156,25 @@ def asks(sentence: str) -> bool:
 
 
 def sentences_of(text: str) -> list[str]:
-    """Every sentence and short paragraph of a text, in the order written."""
-    return [p.strip() for p in _SENTENCE_SPLIT.split(text) if p and p.strip()]
+    """Every sentence and short paragraph of a text, in the order written. In a list item, a
+    question too short to score on its own asks about the sentence before it, and joins it
+    ("1) She can't come to the conference. Who do I tell?"); in prose it may as well ask about
+    the whole email ("... registered weeks ago. What am I missing?"), and stays apart."""
+    sentences: list[str] = []
+    item = False  # whether the last sentence is in a list item
+    for part in _SENTENCE_SPLIT.split(text):
+        part = part.strip() if part else ""
+        if not part:
+            continue
+        if _LIST_ITEM.match(part):
+            item = True
+        elif "\n" in part:
+            item = False
+        if item and sentences and len(part) < _MIN_SEGMENT_CHARS and asks(part):
+            sentences[-1] = f"{sentences[-1]} {part}"
+        else:
+            sentences.append(part)
+    return sentences
 
 
 def segments(text: str) -> list[str]:
