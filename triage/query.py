@@ -296,12 +296,13 @@ def _set_headers(message: Message, head: str, newline: str) -> None:
 def _set_parts(message: Message, lines: list[str], separator: str, newline: str) -> None:
     """The preamble, parts and epilogue of a multipart body (RFC 2046 s. 5.1.1): the line end
     before a boundary line belongs to the boundary."""
-    delimiter = re.compile(re.escape(separator) + r"(--)?[ \t]*\Z")
-    marks = [
-        (i, bool(m.group(1)))
-        for i, line in enumerate(lines)
-        if line.startswith(separator) and (m := delimiter.match(line))
-    ]
+    marks = []  # (line index, whether it closes): "--boundary" or "--boundary--", then blanks
+    for i, line in enumerate(lines):
+        if line.startswith(separator):
+            rest = line[len(separator) :]
+            closing = rest.startswith("--")
+            if not (rest[2:] if closing else rest).strip(" \t"):
+                marks.append((i, closing))
     marks.append((len(lines), False))  # the end, for the pairs below
     if len(marks) == 1 or marks[0][1]:
         raise _Unusual  # no opening boundary
