@@ -3,7 +3,7 @@
 import pytest
 
 from triage.classifier import asks, normalise, segments, sentences_of
-from triage.query import from_text
+from triage.query import Query, from_text
 
 
 @pytest.mark.parametrize(
@@ -103,3 +103,27 @@ def test_two_list_items_each_with_a_short_question(model):
             "2) She'll be on leave for around six months and would like her induction extended to make up "
             "for it. How do we arrange that?\n")
     assert set(model.classify(from_text(text)).topics) == {"events", "induction-length"}
+
+
+def test_a_run_on_sentence_splits_where_it_turns_to_another_matter():
+    text = ("i can only see one of our three ECTs on steplab even though they were registered weeks ago, "
+            "also do I as induction tutor need to fill in the access form too")
+    assert len(sentences_of(text)) == 2
+    assert len(sentences_of("We were registered - also the mentors were, and while I'm emailing, thanks")) == 3
+
+
+def test_a_subject_that_asks_is_a_question_of_its_own(model):
+    query = Query(
+        message_id="<1@x>", sender_name="", sender_address="a@school.example.org",
+        subject="Can I use my My Ambition login for MyECT?",
+        text=("Hi, see the subject, I did my NPQ with you last year. Also I am moving to another school "
+              "in the summer term, what do I need to do about my ECT training when I transfer schools?"),
+    )
+    assert set(model.classify(query).topics) == {"myect-login", "transfers"}
+
+
+def test_context_is_not_a_second_question(model):
+    text = ("Hello, I registered both of our ECTs on the DfE portal at the start of September and the lead "
+            "provider confirmed them. Neither of them has received a single email from Ambition since; "
+            "could your emails be going to junk?")
+    assert model.classify(from_text(text)).topics == ("missing-emails",)

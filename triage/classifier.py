@@ -114,16 +114,18 @@ _INDIRECT_WORDS = (
     "not sure", "unclear",
 )  # fmt: skip
 # A sentence this sure of a topic counts as asking it even without asking words.
-_SURE_SEGMENT = 0.85
+_SURE_SEGMENT = 0.95
 # When the whole email is unsure (two questions split its probability), asking sentences this
 # sure of the whole email's top topic let it be answered after all.
 _FALLBACK_SEGMENT = 0.8
 _FALLBACK_WHOLE = 0.3
-# Sentence ends: ". " before a capital (not "e.g. the"); "? " and "! " before anything (people
-# start the next sentence in lower case: "...on step lab? also she's..."); a blank line; a line
-# that starts a list item.
+# Sentence ends: ". " before a capital (not "e.g. the"); "? ", "! " and "; " before anything
+# (people start the next sentence in lower case: "...on step lab? also she's..."); a blank
+# line; a line that starts a list item. And where a run-on sentence turns to another matter:
+# ", also ...", " - also ...", ", and while I'm emailing, ...".
 _SENTENCE_SPLIT = re.compile(
     r"(?<=\.)\s+(?=[A-Z0-9\"'(])|(?<=[?!;])\s+|\n\s*\n|\n(?=\s*[-*\u2022\d]+[.)]?\s)"
+    r"|,\s+(?=(?i:(?:and\s+)?also\b|and while i'?m\b))|\s[-\u2013]\s+(?=(?i:also\b))"
 )
 
 
@@ -507,12 +509,19 @@ class Model:
         scored = len(queries)  # rows: the whole emails, then the sentences scored alone
         for i, query in enumerate(queries):
             subject = model_subject(query)
+            long_enough = len(query.text) > 80
+            asked = []
             if subject:
                 pieces.append(subject)
                 owner.append(i)
-                part.append(-1)
-            long_enough = len(query.text) > 80
-            asked = []
+                if long_enough and len(subject) >= _MIN_SEGMENT_CHARS and asks(subject):
+                    # A subject that asks is a question of its own ("Can I use my My Teacher
+                    # Training login for MyECT?" above "Also, I'm moving schools at Easter...").
+                    part.append(scored)
+                    scored += 1
+                    asked.append(True)
+                else:
+                    part.append(-1)
             for sentence in sentences_of(query.text):
                 if long_enough and len(sentence) >= _MIN_SEGMENT_CHARS:
                     part.append(scored)
