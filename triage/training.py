@@ -45,9 +45,11 @@ MIN_PER_TOPIC = 60
 MIN_OTHER = 200
 # Two texts of different labels this similar (cosine of word counts) are near-duplicates.
 NEAR_DUPLICATE = 0.9
-# Reply precision the thresholds must reach on held-out folds (the product target is 0.97 on
-# real mail; paraphrases are easier, so we ask more of them).
-TARGET_PRECISION = 0.985
+# Reply precision the thresholds must reach on held-out folds: the product's target. A third of
+# the training texts are `other`, most of them near-misses written to look like a topic, so the
+# folds are harder than real mail (at these thresholds the samples score 0.986 where the folds
+# score 0.97).
+TARGET_PRECISION = 0.97
 FOLDS = 5
 # Cross-validation folds fitted at once (the machines have 2 cores).
 JOBS = 2
