@@ -24,7 +24,6 @@ from triage.maildir import DRAFTS, LocalMailbox
 from triage.outbox import open_outbox
 from triage.query import Query, from_text, parse
 from triage.routing import Router
-from triage.worker import Worker
 
 log = logging.getLogger("triage")
 
@@ -86,6 +85,8 @@ def _connect(mailbox: Mailbox) -> None:
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from triage.worker import Worker  # and the composer, Jinja2: not needed to classify
+
     model = classifier.load(settings.model_path)
     mailbox = open_mailbox(settings)
     _connect(mailbox)
