@@ -123,9 +123,10 @@ _FALLBACK_WHOLE = 0.3
 # (people start the next sentence in lower case: "...on step lab? also she's..."); a blank
 # line; a line that starts a list item. And where a run-on sentence turns to another matter:
 # ", also ...", " - also ...", ", and while I'm emailing, ...".
+# (Every end starts at a space or a comma: the leading lookahead lets the scan skip the rest.)
 _SENTENCE_SPLIT = re.compile(
-    r"(?<=\.)\s+(?=[A-Z0-9\"'(])|(?<=[?!;])\s+|\n\s*\n|\n(?=\s*[-*\u2022\d]+[.)]?\s)"
-    r"|,\s+(?=(?i:(?:and\s+)?also\b|and while i'?m\b))|\s[-\u2013]\s+(?=(?i:also\b))"
+    r"(?=[\s,])(?:(?<=\.)\s+(?=[A-Z0-9\"'(])|(?<=[?!;])\s+|\n\s*\n|\n(?=\s*[-*\u2022\d]+[.)]?\s)"
+    r"|,\s+(?=(?i:(?:and\s+)?also\b|and while i'?m\b))|\s[-\u2013]\s+(?=(?i:also\b)))"
 )
 
 
