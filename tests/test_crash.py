@@ -143,8 +143,14 @@ def journal_rows(state_db: Path, sql: str, params: tuple[Any, ...] = ()) -> list
 
 
 def journal_status(state_db: Path) -> Counter[str]:
-    """How many journal rows are in each status (empty when there is no journal yet)."""
-    if not state_db.exists():
+    """How many journal rows are in each status (empty when there is no journal yet).
+
+    The worker creates the file before its first migration commits, so a poll can find
+    the file without the table: that is "no journal yet" too.
+    """
+    if not state_db.exists() or not journal_rows(
+        state_db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+    ):
         return Counter()
     rows = journal_rows(state_db, "SELECT status, COUNT(*) AS n FROM messages GROUP BY status")
     return Counter({r["status"]: r["n"] for r in rows})
