@@ -526,7 +526,7 @@ def test_wait_returns_at_once_for_mail_that_came_after_keys(
     started = time.monotonic()
     mailbox.wait(30)
 
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 10  # not the 30 s timeout (generous: shared machines)
 
 
 def test_wait_times_out(make_mailbox: MakeMailbox) -> None:
@@ -537,7 +537,7 @@ def test_wait_times_out(make_mailbox: MakeMailbox) -> None:
     mailbox.wait(0.5)
     elapsed = time.monotonic() - started
 
-    assert 0.4 < elapsed < 3
+    assert 0.4 < elapsed < 10
     assert mailbox.keys() == mailbox.keys()  # the connection is usable after IDLE
 
 
@@ -547,7 +547,7 @@ def test_wait_is_capped_by_idle_seconds(make_mailbox: MakeMailbox) -> None:
     started = time.monotonic()
     mailbox.wait(30)
 
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 15  # capped at 0.3 s, not the 30 s asked for
 
 
 def test_wait_reconnects_after_idle_check_aborts(

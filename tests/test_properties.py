@@ -165,6 +165,24 @@ def test_batched_features_are_sklearns_text_by_text(texts):
         assert sorted(ids[rows == i].tolist()) == _reference_features(scorer, text)
 
 
+_WORDS = st.lists(
+    st.text(alphabet=st.characters(blacklist_characters="\x00"), min_size=1, max_size=12), min_size=1, max_size=30
+)
+
+
+@given(_WORDS)
+def test_a_word_hashes_alike_wherever_it_stands(words):
+    # Now and then a batch this long grows the cached powers of the base.
+    points = np.frombuffer("\x00".join(words).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    lengths = np.array([len(w) for w in words])
+    starts = np.r_[0, np.cumsum(lengths + 1)[:-1]]
+    hashes = classifier._span_hashes(points, starts, starts + lengths)
+    assert hashes.tolist() == classifier._word_hashes(words).tolist()
+    assert hashes.tolist() == [classifier._word_hashes([w])[0] for w in words]
+    by_word = dict(zip(words, hashes.tolist(), strict=True))
+    assert len(set(by_word.values())) == len(by_word)  # different words, different hashes
+
+
 def test_key_table_finds_every_key_and_nothing_else():
     keys = np.unique(np.random.default_rng(7).integers(1, 2**63, size=5000, dtype=np.uint64))
     table = classifier.KeyTable(keys, np.arange(len(keys)))
