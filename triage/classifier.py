@@ -553,12 +553,12 @@ class Model:
         pieces: list[str] = []  # every sentence of every email (and its subject, if read)
         owner: list[int] = []
         part: list[int] = []  # for each piece, its row when scored on its own, else -1
-        asking: list[list[bool]] = []
+        alone_texts: list[list[str]] = []  # for each email, its pieces scored on their own
         scored = len(queries)  # rows: the whole emails, then the sentences scored alone
         for i, query in enumerate(queries):
             subject = model_subject(query)
             long_enough = len(query.text) > 80
-            asked = []
+            texts = []
             if subject:
                 pieces.append(subject)
                 owner.append(i)
@@ -567,19 +567,19 @@ class Model:
                     # Training login for MyECT?" above "Also, I'm moving schools at Easter...").
                     part.append(scored)
                     scored += 1
-                    asked.append(True)
+                    texts.append(subject)
                 else:
                     part.append(-1)
             for sentence in sentences_of(query.text):
                 if long_enough and len(sentence) >= _MIN_SEGMENT_CHARS:
                     part.append(scored)
                     scored += 1
-                    asked.append(asks(sentence))
+                    texts.append(sentence)
                 else:
                     part.append(-1)
                 pieces.append(sentence)
                 owner.append(i)
-            asking.append(asked)
+            alone_texts.append(texts)
         piece, ids = self.scorer.features(pieces)
         rows = np.asarray(part, dtype=np.int64)[piece]
         alone = rows >= 0
@@ -596,13 +596,13 @@ class Model:
         results = []
         offset = 0
         for i, query in enumerate(queries):
-            end = offset + len(asking[i])
+            end = offset + len(alone_texts[i])
             results.append(
                 self._decide(
                     labels,
                     wholes[i].tolist(),
                     ranked[i],
-                    list(zip(best[offset:end], value[offset:end], asking[i], strict=True)),
+                    list(zip(best[offset:end], value[offset:end], alone_texts[i], strict=True)),
                     query if explain else None,
                 )
             )
@@ -614,26 +614,27 @@ class Model:
         labels: list[str],
         whole: list[float],
         ranked: list[int],
-        sentences: list[tuple[int, float, bool]],
+        sentences: list[tuple[int, float, str]],
         explain_for: Query | None,
     ) -> Classification:
         """The topics of one email from its whole-text probabilities, its two best labels, and
-        each scored sentence's (best label, probability, whether it asks)."""
+        each scored sentence's (best label, probability, text)."""
         second, top = ranked
         label = labels[top]
         confidence = whole[top]
         margin = confidence - whole[second]
         # Topics the sentences ask about, in the order written: a sentence counts when it
-        # asks something and is sure enough of one topic, or is very sure of it.
+        # asks something and is sure enough of one topic, or is very sure of it (whether it
+        # asks is only read for the few that this decides).
         first_seen: dict[str, int] = {}
         best_seen: dict[str, float] = {}
-        for position, (best, value, asking) in enumerate(sentences):
+        for position, (best, value, text) in enumerate(sentences):
             name = labels[best]
             if name == OTHER:
                 continue
             if value < self.segment_threshold:
                 continue
-            if not asking and value < _SURE_SEGMENT:
+            if value < _SURE_SEGMENT and not asks(text):
                 continue
             first_seen.setdefault(name, position)
             best_seen[name] = max(best_seen.get(name, 0.0), value)
