@@ -239,13 +239,23 @@ def word_features(prepared: str) -> list[str]:
     return tokens + [f"{a} {b}" for a, b in itertools.pairwise(tokens)]
 
 
-def _codes(alphabet: dict[str, int], gram: str) -> int:
-    """The integer key of a character n-gram: 16 bits a character, left-aligned (a shorter
-    gram, a one-letter word's, ends in zeros, which no character has)."""
-    key = 0
-    for ch in gram:
-        key = (key << 16) | alphabet[ch]
-    return key << (16 * (CHAR_N - len(gram)))
+def _gram_keys(grams: Sequence[str], table: np.ndarray) -> np.ndarray:
+    """The integer key of each character n-gram: 16 bits a character (its code in ``table``),
+    left-aligned (a shorter gram, a one-letter word's, ends in zeros, which no character has)."""
+    lengths = np.fromiter(map(len, grams), dtype=np.int64, count=len(grams))
+    points = _points(_SEPARATOR.join(grams) + _SEPARATOR * CHAR_N)
+    starts = np.r_[0, np.cumsum(lengths + 1)[:-1]].astype(np.int64)
+    keys = np.zeros(len(grams), dtype=np.uint64)
+    for k in range(CHAR_N):
+        codes = table[points[starts + k]].astype(np.uint64)
+        codes[lengths <= k] = 0
+        keys |= codes << np.uint64(16 * (CHAR_N - 1 - k))
+    return keys
+
+
+def _points(text: str) -> np.ndarray:
+    """The code points of a text."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
 # Words are looked up by a 64-bit polynomial hash of their code points (modulo 2**64, which an
@@ -285,14 +295,17 @@ def _span_hashes(points: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np
 
 def _word_hashes(words: Sequence[str]) -> np.ndarray:
     """``_span_hashes`` of each word, as the features find them in a text."""
-    if not words:
-        return np.zeros(0, dtype=np.uint64)
-    joined = _SEPARATOR.join(words)
-    points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return _span_hashes(*_joined(words))
+
+
+def _joined(items: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The code points of ``items`` joined by the separator, and where each item starts and
+    ends among them."""
+    points = _points(_SEPARATOR.join(items))
     breaks = np.flatnonzero(points == 0)
-    starts = np.r_[0, breaks + 1]
-    ends = np.r_[breaks, len(points)]
-    return _span_hashes(points, starts, ends)
+    if not items:
+        return points, breaks, breaks
+    return points, np.r_[0, breaks + 1], np.r_[breaks, len(points)]
 
 
 class KeyTable:
@@ -383,31 +396,31 @@ class Scorer:
         if len(np.unique(hashes)) != len(hashes) or not hashes.all():
             raise ModelError("two words of the model's vocabulary hash alike: change _HASH_BASE")
         put("_singles", KeyTable(hashes, np.array([words[w] for w in singles], dtype=np.int64)))
-        pairs = [
-            (words[a] * len(words) + words[b] + 1, index)
-            for gram, index in words.items()
-            if " " in gram
-            for a, b in [gram.split(" ", 1)]
-            if a in words and b in words
-        ]
+        # Each word pair "a b" by the ids of its two words (a pair of words the vocabulary does
+        # not hold alone can never be found, and is left out).
+        doubles = [gram for gram in words if " " in gram]
+        points, starts, ends = _joined(doubles)
+        middles = np.flatnonzero(points == _SPACE)  # one in each pair
+        firsts = self._singles.find(_span_hashes(points, starts, middles))
+        seconds = self._singles.find(_span_hashes(points, middles + 1, ends))
+        held = (firsts >= 0) & (seconds >= 0)
         put(
             "_pairs",
             KeyTable(
-                np.array([k for k, _ in pairs], dtype=np.uint64),
-                np.array([i for _, i in pairs], dtype=np.int64),
+                (firsts[held] * len(words) + seconds[held] + 1).astype(np.uint64),
+                np.array([words[d] for d in doubles], dtype=np.int64)[held],
             ),
         )
         characters = sorted(set("".join(self.char_vocab)) | {" "})
         if len(characters) >= _UNKNOWN:
             raise ModelError("the character n-grams have too many distinct characters")
-        alphabet = {ch: code for code, ch in enumerate(characters, start=1)}
         table = np.full(0x110000, _UNKNOWN, dtype=np.uint16)
-        table[[ord(ch) for ch in characters]] = list(alphabet.values())
+        table[[ord(ch) for ch in characters]] = np.arange(1, len(characters) + 1)
         put("_table", table)
         put(
             "_grams",
             KeyTable(
-                np.array([_codes(alphabet, g) for g in self.char_vocab], dtype=np.uint64),
+                _gram_keys(list(self.char_vocab), table),
                 np.fromiter(self.char_vocab.values(), dtype=np.int64, count=len(self.char_vocab))
                 + len(words),
             ),
@@ -425,7 +438,7 @@ class Scorer:
         if not texts:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         joined = prepare_joined(texts)
-        points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        points = _points(joined)
         places = np.cumsum(points == 0)  # which text each character belongs to
         word_rows, word_ids = self._words(points, places)
         gram_rows, gram_ids = self._grams_of(points, places)
