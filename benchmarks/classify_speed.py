@@ -30,6 +30,16 @@ from triage.query import parse  # noqa: E402
 from triage.routing import Router  # noqa: E402
 
 
+def reference_seconds() -> float:
+    """CPU seconds of a fixed pure-Python loop: how fast this shared machine runs right now, so
+    that figures taken in different minutes can be compared."""
+    started = time.process_time()
+    total = 0
+    for i in range(3_000_000):
+        total += i * i % 7
+    return time.process_time() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
@@ -47,6 +57,7 @@ def main() -> None:
         f"{len(corpus)} messages cycled from {len(raws)} samples, mean {sum(map(len, corpus)) // len(corpus)} bytes"
     )
 
+    reference = [reference_seconds()]
     with threadpool_limits(1):
         rates, cpu_rates = [], []
         for _ in range(args.runs):
@@ -71,6 +82,11 @@ def main() -> None:
         for raw in corpus:
             parse(raw, support_address=settings.support_address)
         parse_only = len(corpus) / (time.perf_counter() - started)
+    reference.append(reference_seconds())
+    print(
+        f"reference loop (the machine's speed now; lower is faster): "
+        f"{min(reference) * 1000:.0f} ms before and after the passes, best"
+    )
     print(
         f"batched (batch {args.batch}), one core: {statistics.median(rates):,.0f} messages/s median, "
         f"{max(rates):,.0f} best (runs: {', '.join(f'{r:,.0f}' for r in rates)})"

@@ -261,21 +261,27 @@ def main() -> int:
             peak = max(peak, result["maxrss_kib"])
             actions = ", ".join(f"{a} {n}" for a, n in sorted(result["actions"].items()))
             drafts = server.doveadm("mailbox", "status", "-u", users[2], "messages", "Drafts")
-            print(f"round {round_}: (a) ceiling {ceilings[-1]:,.0f}/s, "
-                  f"(b) worker {rates[-1]:,.0f}/s "
-                  f"[{result['messages']} handled: {actions}; {result['failed']} failed; "
-                  f"{drafts.split()[-1].replace('messages=', '')} drafts], "
-                  f"(a') batched I/O {batched[-1]:,.0f}/s, (c) worker CPU alone {cpu[-1]:,.0f}/s")
+            print(
+                f"round {round_}: (a) ceiling {ceilings[-1]:,.0f}/s, "
+                f"(b) worker {rates[-1]:,.0f}/s "
+                f"[{result['messages']} handled: {actions}; {result['failed']} failed; "
+                f"{drafts.split()[-1].replace('messages=', '')} drafts], "
+                f"(a') batched I/O {batched[-1]:,.0f}/s, (c) worker CPU alone {cpu[-1]:,.0f}/s"
+            )
     ceiling, rate = statistics.median(ceilings), statistics.median(rates)
     print()
     print(f"(a)  I/O ceiling, BODY.PEEK[] + one APPEND per message: {ceiling:8,.0f} messages/s")
     print(f"(b)  worker run_once (triage run --once):              {rate:8,.0f} messages/s")
     print(f"     ratio (b) / (a): {rate / ceiling:.2f} (target >= 0.50)")
     print(f"     worker peak memory (ru_maxrss): {peak / 1024:,.0f} MiB")
-    print(f"(a') the same I/O batched as the worker does it:      "
-          f"{statistics.median(batched):8,.0f} messages/s")
-    print(f"(c)  the worker's CPU alone, no server:                "
-          f"{statistics.median(cpu):8,.0f} messages/s")
+    print(
+        f"(a') the same I/O batched as the worker does it:      "
+        f"{statistics.median(batched):8,.0f} messages/s"
+    )
+    print(
+        f"(c)  the worker's CPU alone, no server:                "
+        f"{statistics.median(cpu):8,.0f} messages/s"
+    )
     print(f"medians of {args.repeat} rounds")
     return 0
 
