@@ -277,6 +277,30 @@ def test_outlook_forward_needs_the_flag() -> None:
     assert NEW not in new_text(reply)
 
 
+def test_forward_from_html_with_no_blank_line_under_its_headers() -> None:
+    # Outlook's HTML forward, turned into text: nothing between "Subject:" and the message.
+    html = (
+        "<p>Could someone point Mark in the right direction please? Thanks, Angela</p>"
+        "<p>Angela Frost<br>Headteacher</p><div id='divRplyFwdMsg'><b>From:</b> Mark Selby "
+        "&lt;m.selby@school.example.sch.uk&gt;<br><b>Sent:</b> 16 September 2025 17:05<br>"
+        "<b>To:</b> Angela Frost<br><b>Subject:</b> Help with terminology</div>"
+        f"<div><p>{NEW}</p><p>Mark</p></div>"
+    )
+    text = html_to_text(html)
+    assert "Subject: Help with terminology\n" + NEW[:20] in text  # the case this is about
+    assert _norm(new_text(text, forwarded=True)) == _norm(
+        f"Could someone point Mark in the right direction please? Thanks, Angela "
+        f"Angela Frost Headteacher {NEW} Mark"
+    )
+    # A wrapped last field (an address list that goes on after ";") is still header.
+    plain = (
+        "FYI\n\n-----Original Message-----\nFrom: Mark Selby <m@x.example>\n"
+        "Sent: 16 September 2025 17:05\nSubject: Terms\nTo: Angela Frost <a@x.example>;\n"
+        f"Office <o@x.example>\n{NEW}\n"
+    )
+    assert _norm(new_text(plain, forwarded=True)) == _norm(f"FYI {NEW}")
+
+
 def test_forwarded_flag_with_original_message() -> None:
     body = (
         "Sorry for the delay.\n\n-----Original Message-----\n"

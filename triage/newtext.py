@@ -498,10 +498,22 @@ def _forward_body(lines: list[str], cut: _Cut) -> list[str]:
     j = _next_nonblank(body, 0)
     if j is None:
         return []
-    # The header fields (and their wrapped continuation lines) up to the first blank line.
+    # The header fields, and the wrapped lines of the last one (indented, or after a line that
+    # ends in "," or ";"). Not simply up to the first blank line: mail turned from HTML often
+    # has none between the header block and the message ("Subject: ...\nHi Angela,").
     if _HEADER_FIELD_RE.match(body[j]):
-        while j < len(body) and body[j].strip():
-            j += 1
+        end = _header_block(body, j)
+        if end is None:  # too few fields to tell where they end: up to the first blank line
+            while j < len(body) and body[j].strip():
+                j += 1
+        else:
+            j = end + 1
+            while (
+                j < len(body)
+                and body[j].strip()
+                and (body[j][0] in " \t" or body[j - 1].rstrip().endswith((",", ";")))
+            ):
+                j += 1
     return body[j:]
 
 
