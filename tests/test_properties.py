@@ -152,7 +152,7 @@ _PIECES = st.sampled_from(
     ["step lab", "StepLab", "my ect", "NQT", "e-mail", "s.41", "induction", "mentor", "a", "I",
      "can't", "don't-", "'quoted'", "x", "é", "£", "--", " ", "  ", "\n", "\t", "\x00", ".", "?",
      "appropriate body", "delivery partners", "training", "ECT's", "2024", "_", "\u2019", "\u00bd", "\udcff",
-     "na\u00efve", "\u0663"]
+     "na\u00efve", "\u0663", "\u00a0", "\u2028", "\u3000", "\x1c", "\r\n", "\x0b", "\u200b"]
 )
 
 
