@@ -623,6 +623,7 @@ class Model:
         sentences = probs[len(queries) :]
         best = sentences.argmax(axis=1).tolist()  # each sentence's label and its probability
         value = sentences.max(axis=1).tolist() if len(sentences) else []
+        whole_rows = wholes.tolist()
         results = []
         offset = 0
         for i, query in enumerate(queries):
@@ -630,7 +631,7 @@ class Model:
             results.append(
                 self._decide(
                     labels,
-                    wholes[i].tolist(),
+                    whole_rows[i],
                     ranked[i],
                     list(zip(best[offset:end], value[offset:end], alone_texts[i], strict=True)),
                     query if explain else None,
