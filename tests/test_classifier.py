@@ -2,6 +2,7 @@
 
 import pytest
 
+from triage import classifier
 from triage.classifier import asks, normalise, segments, sentences_of
 from triage.query import Query, from_text
 
@@ -127,3 +128,21 @@ def test_context_is_not_a_second_question(model):
             "provider confirmed them. Neither of them has received a single email from Ambition since; "
             "could your emails be going to junk?")
     assert model.classify(from_text(text)).topics == ("missing-emails",)
+
+
+def test_a_question_is_also_read_with_the_sentence_before_it(model, monkeypatch):
+    text = (
+        "Hello,\n\nOne of our ECTs is moving to a school in Leeds at Easter and will carry on her "
+        "induction there. What do I need to do on our side?\n\nSeparately, another ECT has been "
+        "off sick for most of the autumn term and his induction will have to run longer than a "
+        "year. How do we arrange that?"
+    )
+    sentences = sentences_of(text)
+    assert [sentences[i] for i in sorted(classifier._questions_after_context(text, sentences))] == [
+        "What do I need to do on our side?",
+        "How do we arrange that?",
+    ]  # never across a blank line ("Hello," and the first question are apart)
+    assert model.classify(from_text(text)).topics == ("transfers", "induction-length")
+    # "How do we arrange that?" alone says nothing; it is the window that finds the second topic.
+    monkeypatch.setattr(classifier, "_questions_after_context", lambda text, sentences: set())
+    assert model.classify(from_text(text)).topics == ("transfers",)

@@ -113,6 +113,9 @@ _INDIRECT_WORDS = (
     "ask", "know", "wonder", "clarify", "confirm", "explain", "tell ", "advise", "unsure",
     "not sure", "unclear",
 )  # fmt: skip
+# A question read with the sentence before it must be this sure to add a topic (more than a
+# sentence alone: the sentence before may be about another matter).
+_WINDOW_SEGMENT = 0.8
 # A sentence this sure of a topic counts as asking it even without asking words.
 _SURE_SEGMENT = 0.95
 # When the whole email is unsure (two questions split its probability), asking sentences this
@@ -178,6 +181,34 @@ def sentences_of(text: str) -> list[str]:
         else:
             sentences.append(part)
     return sentences
+
+
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
+def _questions_after_context(text: str, sentences: list[str]) -> set[int]:
+    """The questions (positions among ``sentences``) that follow another sentence of their
+    paragraph. A question often leans on the sentence before it ("...his induction will need to
+    run longer. How do we go about getting it extended?"), so it may be scored with it too."""
+    asked = [position for position, s in enumerate(sentences) if position and "?" in s]
+    leaning: set[int] = set()
+    if not asked:
+        return leaning
+    at = 0
+    previous_end = -1  # where the sentence before ends in ``text`` (-1: none to lean on)
+    for position, sentence in enumerate(sentences[: asked[-1] + 1]):
+        start = text.find(sentence, at)
+        if start < 0:  # a list item joined to its question: not as written
+            previous_end = -1
+            continue
+        if (
+            "?" in sentence
+            and previous_end >= 0
+            and not _BLANK_LINE.search(text, previous_end, start)
+        ):
+            leaning.add(position)
+        previous_end = at = start + len(sentence)
+    return leaning
 
 
 def segments(text: str) -> list[str]:
@@ -576,6 +607,8 @@ class Model:
         """Classify messages in one batch: the whole text and each of its sentences.
 
         Each sentence is read once; the whole email's features are the sum of its sentences'.
+        Then a question that said nothing sure on its own is scored again with the sentence
+        before it (``_questions_after_context``), from the same features.
         """
         labels = self.labels
         if not queries:
@@ -583,12 +616,16 @@ class Model:
         pieces: list[str] = []  # every sentence of every email (and its subject, if read)
         owner: list[int] = []
         part: list[int] = []  # for each piece, its row when scored on its own, else -1
-        alone_texts: list[list[str]] = []  # for each email, its pieces scored on their own
+        # Each email's entries: (order, row, text), the subject's order -1, a sentence's its
+        # position; the row is among the pieces scored alone.
+        entries: list[list[tuple[float, int, str]]] = []
+        leaning: list[tuple[int, int, int, float, int]] = []  # (email, question piece, piece
+        # before it, order, its row alone or -1), for each question after context
         scored = len(queries)  # rows: the whole emails, then the sentences scored alone
         for i, query in enumerate(queries):
             subject = model_subject(query)
             long_enough = len(query.text) > 80
-            texts = []
+            mine: list[tuple[float, int, str]] = []
             if subject:
                 pieces.append(subject)
                 owner.append(i)
@@ -596,20 +633,24 @@ class Model:
                     # A subject that asks is a question of its own ("Can I use my My Teacher
                     # Training login for MyECT?" above "Also, I'm moving schools at Easter...").
                     part.append(scored)
+                    mine.append((-1, scored, subject))
                     scored += 1
-                    texts.append(subject)
                 else:
                     part.append(-1)
-            for sentence in sentences_of(query.text):
+            sentences = sentences_of(query.text)
+            after = _questions_after_context(query.text, sentences) if long_enough else set()
+            for position, sentence in enumerate(sentences):
+                row = -1
                 if long_enough and len(sentence) >= _MIN_SEGMENT_CHARS:
-                    part.append(scored)
+                    row = scored
+                    mine.append((position, scored, sentence))
                     scored += 1
-                    texts.append(sentence)
-                else:
-                    part.append(-1)
+                part.append(row)
                 pieces.append(sentence)
                 owner.append(i)
-            alone_texts.append(texts)
+                if position in after:
+                    leaning.append((i, len(pieces) - 1, len(pieces) - 2, position + 0.5, row))
+            entries.append(mine)
         piece, ids = self.scorer.features(pieces)
         rows = np.asarray(part, dtype=np.int64)[piece]
         alone = rows >= 0
@@ -618,26 +659,55 @@ class Model:
             np.concatenate([ids, ids[alone]]),
             scored,
         )
+        best = probs.argmax(axis=1).tolist()  # each row's label and its probability
+        value = probs.max(axis=1).tolist()
+        other = labels.index(OTHER)
+        reordered: set[int] = set()  # the emails with a window among their entries
+        window_best: list[int] = []
+        window_value: list[float] = []
+        # The questions that said nothing sure alone (as sure as a window must be to count),
+        # with the sentence before each: one more
+        # row each, made of both pieces' features (as the whole email is made of all of them).
+        unsure = [
+            w for w in leaning if w[4] < 0 or best[w[4]] == other or value[w[4]] < _WINDOW_SEGMENT
+        ]
+        if unsure:
+            question = np.full(len(pieces), -1, dtype=np.int64)
+            context = np.full(len(pieces), -1, dtype=np.int64)
+            for k, (i, asked, before, order, _) in enumerate(unsure):
+                question[asked] = context[before] = k
+                entries[i].append((order, -1 - k, pieces[asked]))  # windows' rows: -1, -2, ...
+                reordered.add(i)
+            as_question, as_context = question[piece], context[piece]
+            found, leans = as_question >= 0, as_context >= 0
+            windows = self.scorer.probabilities(
+                np.concatenate([as_question[found], as_context[leans]]),
+                np.concatenate([ids[found], ids[leans]]),
+                len(unsure),
+            )
+            window_best = windows.argmax(axis=1).tolist()
+            window_value = windows.max(axis=1).tolist()
         wholes = probs[: len(queries)]
         ranked = np.argsort(wholes, axis=1)[:, -2:].tolist()  # [runner-up, top] of each email
-        sentences = probs[len(queries) :]
-        best = sentences.argmax(axis=1).tolist()  # each sentence's label and its probability
-        value = sentences.max(axis=1).tolist() if len(sentences) else []
         whole_rows = wholes.tolist()
         results = []
-        offset = 0
         for i, query in enumerate(queries):
-            end = offset + len(alone_texts[i])
             results.append(
                 self._decide(
                     labels,
                     whole_rows[i],
                     ranked[i],
-                    list(zip(best[offset:end], value[offset:end], alone_texts[i], strict=True)),
+                    [
+                        (best[row], value[row], text, False)
+                        if row >= 0
+                        else (window_best[-1 - row], window_value[-1 - row], text, True)
+                        for _, row, text in (
+                            sorted(entries[i], key=lambda e: e[0]) if i in reordered else entries[i]
+                        )
+                    ],
                     query if explain else None,
                 )
             )
-            offset = end
         return results
 
     def _decide(
@@ -645,11 +715,11 @@ class Model:
         labels: list[str],
         whole: list[float],
         ranked: list[int],
-        sentences: list[tuple[int, float, str]],
+        sentences: list[tuple[int, float, str, bool]],
         explain_for: Query | None,
     ) -> Classification:
         """The topics of one email from its whole-text probabilities, its two best labels, and
-        each scored sentence's (best label, probability, text)."""
+        each scored sentence's (best label, probability, text, whether a question window)."""
         second, top = ranked
         label = labels[top]
         confidence = whole[top]
@@ -659,11 +729,11 @@ class Model:
         # asks is only read for the few that this decides).
         first_seen: dict[str, int] = {}
         best_seen: dict[str, float] = {}
-        for position, (best, value, text) in enumerate(sentences):
+        for position, (best, value, text, window) in enumerate(sentences):
             name = labels[best]
             if name == OTHER:
                 continue
-            if value < self.segment_threshold:
+            if value < (_WINDOW_SEGMENT if window else self.segment_threshold):
                 continue
             if value < _SURE_SEGMENT and not asks(text):
                 continue
