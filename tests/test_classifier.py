@@ -96,6 +96,9 @@ def test_nobody_having_received_something_is_a_problem_reported():
     assert asks("Also neither of our two mentors has received a single email from Ambition.")
     assert asks("None of our ECTs have had their login details.")
     assert not asks("Neither of them is new to teaching.")
+    assert asks("- She was registered weeks ago, but nothing at all from Ambition has arrived.")
+    assert asks("Nothing has come through to either of them.")
+    assert not asks("Nothing has changed since then.")
 
 
 def test_two_list_items_each_with_a_short_question(model):

@@ -100,10 +100,11 @@ _REPORTS = re.compile(
     r"\b(can't|cannot|can not|won't be able|unable|isn't showing|aren't showing|not showing|"
     r"not appearing|isn't appearing|aren't appearing|haven't (?:had|received|got)|"
     r"hasn't (?:had|received|got)|still (?:isn't|aren't|hasn't|haven't|can't|doesn't|don't)|"
-    r"(?:neither|none|nobody|no one)\b[^.?!]{0,50}?\b(?:has|have) (?:had|received|got|been able))\b"
+    r"(?:neither|none|nobody|no one)\b[^.?!]{0,50}?\b(?:has|have) (?:had|received|got|been able)|"
+    r"nothing\b[^.?!]{0,50}?\b(?:has|have) (?:arrived|come through|turned up|been received))\b"
 )
 # Every report above holds one of these: a sentence without them is not searched (faster).
-_REPORT_WORDS = ("n't", "not", "unable", "neither", "none", "nobody", "no one")
+_REPORT_WORDS = ("n't", "not", "unable", "neither", "none", "nobody", "no one", "nothing")
 # An indirect question anywhere in a sentence: "they are asking me how ...", "I'd like to know if".
 _ASKS_INDIRECT = re.compile(
     r"\b(ask(ing|ed)?|know|wonder(ing|ed)?|clarify|confirm|explain|tell (me|us)|advise|"
