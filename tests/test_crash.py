@@ -63,7 +63,9 @@ def corpus(count: int, tag: str) -> list[bytes]:
     for n in range(count):
         raw = paths[n % len(paths)].read_bytes()
         new_id = f"<{tag}-{n}-{paths[n % len(paths)].stem}@example.test>".encode()
-        raw, found = re.subn(rb"(?im)^Message-ID:[^\n]*$", b"Message-ID: " + new_id, raw, count=1)
+        raw, found = re.subn(  # the whole field, with its folded lines (b5-041's id is folded)
+            rb"(?im)^Message-ID:[^\n]*\n(?:[ \t][^\n]*\n)*", b"Message-ID: " + new_id + b"\r\n", raw, count=1
+        )
         assert found == 1, f"{paths[n % len(paths)]} has no Message-ID"
         out.append(raw)
     return out

@@ -25,7 +25,7 @@ def test_is_a_mailbox(box):
 def test_keys_and_fetch_leave_the_message_as_it_is(box):
     first = box.add(RAW)
     second = box.add(RAW.replace(b"<1@", b"<2@"))
-    uidvalidity, keys = box.keys()
+    _uidvalidity, keys = box.keys()
     assert keys == [first, second]
     fetched = list(box.fetch(keys))
     assert [m.raw for m in fetched] == [RAW, RAW.replace(b"<1@", b"<2@")]

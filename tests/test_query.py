@@ -87,8 +87,8 @@ def test_quoted_thread_is_not_new_text():
 
 
 def test_encoded_headers_and_charsets():
-    raw = ("From: =?utf-8?q?Zo=C3=AB_N=C3=AD_Bhriain?= <zoe@example.org>\r\nSubject: =?utf-8?q?Caf=C3=A9?=\r\n"
-           "Content-Type: text/plain; charset=windows-1252\r\nContent-Transfer-Encoding: 8bit\r\n\r\n").encode()
+    raw = (b"From: =?utf-8?q?Zo=C3=AB_N=C3=AD_Bhriain?= <zoe@example.org>\r\nSubject: =?utf-8?q?Caf=C3=A9?=\r\n"
+           b"Content-Type: text/plain; charset=windows-1252\r\nContent-Transfer-Encoding: 8bit\r\n\r\n")
     raw += "Caf\u00e9 \u2013 how do I log in?\r\n".encode("cp1252")
     q = parse(raw)
     assert q.sender_name == "Zoë Ní Bhriain"
@@ -124,3 +124,13 @@ def test_charset_is_read_as_the_stdlib_reads_it(content_type):
     message = email.message.Message()
     message["Content-Type"] = content_type
     assert _charset(message) == (message.get_content_charset() or "utf-8").lower()
+
+
+def test_folded_message_ids_come_out_on_one_line():
+    raw = (
+        b"From: a@school.example\r\nSubject: hi\r\nMessage-ID:\r\n <long-id@outlook.example>\r\n"
+        b"In-Reply-To: <one@x.example>\r\n <two@x.example>\r\n\r\nHello?\r\n"
+    )
+    q = parse(raw)
+    assert q.message_id == "<long-id@outlook.example>"
+    assert q.in_reply_to == "<one@x.example> <two@x.example>"  # never a line break in a header

@@ -120,7 +120,7 @@ def test_hostile_name_and_subject_are_inert(composer):
     message = composer.render(Decision("reply", ("glossary",), "t", 0.9), query).reply
     raw = message.as_bytes()
     assert b"\nBcc:" not in raw and b"\r\nBcc:" not in raw
-    _, text, html = _parts(message)
+    _, _text, html = _parts(message)
     assert "<script>" not in html
     assert "&lt;script&gt;" in html
 

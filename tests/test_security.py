@@ -41,7 +41,7 @@ def test_failed_imap_login_never_shows_the_password(workdir, imap_server, caplog
 
 
 def test_plain_text_imap_refused_off_loopback():
-    with pytest.raises(ConfigError, match="'none' is refused for mail.example.org"):
+    with pytest.raises(ConfigError, match=r"'none' is refused for mail\.example\.org"):
         load_settings(_env_file=None, imap_host="mail.example.org", imap_user="u", imap_password="p", imap_tls="none")
 
 

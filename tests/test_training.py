@@ -66,7 +66,7 @@ def test_choose_thresholds_meets_the_target():
             row[labels.index(true)] += 0.9
         truth.append(true)
         rows.append(row / row.sum())
-    threshold, margin, precision, coverage = training.choose_thresholds(np.array(rows), labels, truth, target=0.97)
+    _threshold, _margin, precision, coverage = training.choose_thresholds(np.array(rows), labels, truth, target=0.97)
     assert precision >= 0.97
     assert 0.5 < coverage <= 1.0
 
@@ -95,7 +95,7 @@ def test_model_for_other_topics_is_refused(trained, tmp_path):
     path = tmp_path / "m.joblib"
     classifier.save(trained.model, path)
     payload = joblib.load(path)
-    payload["labels"] = payload["labels"][:-2] + ["other"]
+    payload["labels"] = [*payload["labels"][:-2], "other"]
     joblib.dump(payload, path)
     with pytest.raises(ModelError, match=r"trained for 14 topics, this version has 15; run 'triage train'"):
         classifier.load(path)
@@ -123,7 +123,7 @@ def test_compiled_scorer_matches_the_sklearn_pipeline(monkeypatch):
     texts, labels = [e.text for e in examples], [e.label for e in examples]
     pipeline = training.build_pipeline().fit(texts, labels)
     scorer = training.compile_pipeline(pipeline)
-    probe = texts[::37] + ["Step Lab won't show my mentors", "", "NQT induction: how to extend it?"]
+    probe = [*texts[::37], "Step Lab won't show my mentors", "", "NQT induction: how to extend it?"]
     expected = pipeline.predict_proba(probe)
     assert list(scorer.labels) == [str(c) for c in pipeline.classes_]
     monkeypatch.setattr(classifier, "_SPARSE_FROM", 0)  # one batch, one scipy.sparse product

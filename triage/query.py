@@ -335,14 +335,14 @@ def parse(raw: bytes, *, support_address: str = "") -> Query:
     except RecursionError:  # pathological nesting: keep what a person would see first
         text = body[:2000]
     return Query(
-        message_id=fields.get("message-id", "").strip(),
+        message_id=" ".join(fields.get("message-id", "").split()),  # a folded one on one line
         sender_name=sender_name.strip(),
         sender_address=sender_address,
         subject=subject,
         text=text,
         body=body,
         date=decode_header(fields.get("date")),
-        in_reply_to=fields.get("in-reply-to", "").strip(),
+        in_reply_to=" ".join(fields.get("in-reply-to", "").split()),
         references=_ids(fields.get("references")),
         reply_to=(reply_address or sender_address).lower(),
         automatic=_automatic(message, fields, sender_address, support_address, subject),
