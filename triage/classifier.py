@@ -620,8 +620,9 @@ class Model:
         # Each email's entries: (order, row, text), the subject's order -1, a sentence's its
         # position; the row is among the pieces scored alone.
         entries: list[list[tuple[float, int, str]]] = []
-        leaning: list[tuple[int, int, int, float, int]] = []  # (email, question piece, piece
-        # before it, order, its row alone or -1), for each question after context
+        # Each question after context: (email, its piece, the piece before it, its order, its
+        # row alone or -1).
+        leaning: list[tuple[int, int, int, float, int]] = []
         scored = len(queries)  # rows: the whole emails, then the sentences scored alone
         for i, query in enumerate(queries):
             subject = model_subject(query)
@@ -666,9 +667,9 @@ class Model:
         reordered: set[int] = set()  # the emails with a window among their entries
         window_best: list[int] = []
         window_value: list[float] = []
-        # The questions that said nothing sure alone (as sure as a window must be to count),
-        # with the sentence before each: one more
-        # row each, made of both pieces' features (as the whole email is made of all of them).
+        # Each question that said nothing sure alone (not as sure as a window must be), with
+        # the sentence before it: one more row, made of both pieces' features (as the whole
+        # email is made of all of them).
         unsure = [
             w for w in leaning if w[4] < 0 or best[w[4]] == other or value[w[4]] < _WINDOW_SEGMENT
         ]
